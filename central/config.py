@@ -1,0 +1,238 @@
+"""Central's configuration: the site (services, counters, procedures, devices)
+and the service itself (database, MQTT, HTTP, queue rules).
+
+Both are TOML files validated by strict pydantic models; see
+docs/configuration.md for every key.  Cross-references (a counter naming an
+unknown service, a precedence cycle, ...) are checked here, at load, so a
+mistake stops start-up with a clear message instead of surfacing at the
+counter at 9:00.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
+
+from bus.configfile import ConfigError, digest, load_toml
+from bus.topics import ID_PATTERN
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Service(Strict):
+    """A service (業務) that counters provide, e.g. 住民異動."""
+
+    id: Id
+    name_ja: Name
+    name_en: Name
+    #: Services that must be finished first when they are on the same ticket
+    #: (国保 after 住民異動).  Only orders stops that are on the ticket.
+    after: tuple[Id, ...] = ()
+    #: Typical service time in minutes, used for wait estimates until central
+    #: has measured its own.
+    typical_min: float = Field(default=10.0, gt=0, le=240)
+
+
+class Counter(Strict):
+    """A counter (窓口), e.g. "1番窓口", serving one or more services."""
+
+    id: Id
+    name_ja: Name
+    name_en: Name
+    services: tuple[Id, ...] = Field(min_length=1)
+
+
+class Procedure(Strict):
+    """What a visitor picks at the kiosk (手続), e.g. 転入届."""
+
+    id: Id
+    name_ja: Name
+    name_en: Name
+    services: tuple[Id, ...] = Field(min_length=1)
+
+
+class Device(Strict):
+    """A Pi on the bus.  Its id is also its MQTT username and client id."""
+
+    id: Id
+    role: Literal["counter", "kiosk", "lobby"]
+    counter: Id | None = None
+
+    @model_validator(mode="after")
+    def _counter_for_counter_role(self) -> Device:
+        if self.role == "counter" and self.counter is None:
+            raise ValueError(f"device {self.id}: a counter device needs 'counter'")
+        if self.role != "counter" and self.counter is not None:
+            raise ValueError(f"device {self.id}: only counter devices have a 'counter'")
+        return self
+
+
+class SiteInfo(Strict):
+    id: Id
+    name_ja: Name
+    name_en: Name
+    timezone: str = "Asia/Tokyo"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class Site(Strict):
+    site: SiteInfo
+    services: tuple[Service, ...] = Field(min_length=1)
+    counters: tuple[Counter, ...] = Field(min_length=1)
+    procedures: tuple[Procedure, ...] = Field(min_length=1)
+    devices: tuple[Device, ...] = ()
+
+    @model_validator(mode="after")
+    def _references(self) -> Site:
+        problems: list[str] = []
+        for kind, items in (
+            ("service", self.services),
+            ("counter", self.counters),
+            ("procedure", self.procedures),
+            ("device", self.devices),
+        ):
+            seen: set[str] = set()
+            for item in items:
+                if item.id in seen:
+                    problems.append(f"{kind} id {item.id!r} is used twice")
+                seen.add(item.id)
+        services = {s.id for s in self.services}
+        counters = {c.id for c in self.counters}
+        for s in self.services:
+            problems += [f"service {s.id}: 'after' names unknown service {a!r}" for a in s.after if a not in services]
+        for c in self.counters:
+            problems += [f"counter {c.id}: unknown service {s!r}" for s in c.services if s not in services]
+        for p in self.procedures:
+            problems += [f"procedure {p.id}: unknown service {s!r}" for s in p.services if s not in services]
+        for d in self.devices:
+            if d.counter is not None and d.counter not in counters:
+                problems.append(f"device {d.id}: unknown counter {d.counter!r}")
+        served = {s for c in self.counters for s in c.services}
+        problems += [f"service {s.id}: no counter serves it" for s in self.services if s.id not in served]
+        cycle = _find_cycle({s.id: s.after for s in self.services})
+        if cycle:
+            problems.append("services' 'after' form a cycle: " + " → ".join(cycle))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # lookups -----------------------------------------------------------------
+    def service(self, service_id: str) -> Service:
+        return {s.id: s for s in self.services}[service_id]
+
+    def counter(self, counter_id: str) -> Counter:
+        return {c.id: c for c in self.counters}[counter_id]
+
+    def device(self, device_id: str) -> Device | None:
+        return next((d for d in self.devices if d.id == device_id), None)
+
+    def device_of_counter(self, counter_id: str) -> Device | None:
+        return next((d for d in self.devices if d.counter == counter_id), None)
+
+
+def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in graph:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+class MqttSettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: Id = "central"
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive_s: int = Field(default=15, ge=5, le=600)
+
+
+class HttpSettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class QueueSettings(Strict):
+    #: How long a no-show (不在) ticket stays away before it can be called again.
+    no_show_grace_s: float = Field(default=300.0, ge=0, le=7200)
+    #: After this many no-shows at the same stop the stop is given up.
+    max_no_shows: int = Field(default=2, ge=1, le=10)
+    #: Display commands expire after this (a display never shows a late number).
+    display_command_ttl_s: float = Field(default=30.0, ge=1, le=600)
+    #: The lobby board lists this many recent calls.
+    board_calls: int = Field(default=8, ge=1, le=20)
+
+
+class CentralSettings(Strict):
+    site_file: Path
+    database: Path
+
+
+class CentralConfig(Strict):
+    central: CentralSettings
+    mqtt: MqttSettings = MqttSettings()
+    http: HttpSettings = HttpSettings()
+    queue: QueueSettings = QueueSettings()
+
+
+class Loaded(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    config: CentralConfig
+    site: Site
+    config_hash: str
+
+
+def load(path: str | Path) -> Loaded:
+    """Load central.toml and the site file it names (relative paths are
+    relative to central.toml's folder).  Raises :class:`ConfigError`."""
+    path = Path(path)
+    config = load_toml(path, CentralConfig)
+    base = path.parent
+    settings = config.central.model_copy(
+        update={
+            "site_file": (base / config.central.site_file).resolve(),
+            "database": (base / config.central.database).resolve(),
+        }
+    )
+    config = config.model_copy(update={"central": settings})
+    site = load_toml(settings.site_file, Site)
+    raw = path.read_bytes() + settings.site_file.read_bytes()
+    return Loaded(config=config, site=site, config_hash=digest(raw))
+
+
+__all__ = ["CentralConfig", "ConfigError", "Loaded", "Site", "load"]

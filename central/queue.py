@@ -1,0 +1,711 @@
+"""The queue engine: one ticket, many counters (design §4).
+
+Every public method is one SQLite transaction and returns an :class:`Outcome`
+saying what changed, or raises :class:`QueueError` with a message in Japanese
+and English that can be put straight on a counter display.
+
+The rules that matter:
+
+* A ticket is in one place at a time: while one of its stops is ``called`` or
+  ``serving`` at some counter, no other counter can call it.
+* A stop becomes callable when the stops it must follow (service ``after``)
+  are finished; it then competes with its **original place** (the ticket's
+  issue order), never re-queued at the back.
+* No-show (不在) sends the stop ``away`` for a grace period, after which it is
+  callable again at its old place; after ``max_no_shows`` it is given up.
+
+The choice among callable tickets is :meth:`QueueEngine.call_next`'s policy.
+Here it is "original place first" (the lifetime order); issue #5 measures
+better ones on the same engine.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable
+from zoneinfo import ZoneInfo
+
+from central.config import QueueSettings, Site
+from central.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class StopState(str, enum.Enum):
+    WAITING = "waiting"  # 待ち
+    CALLED = "called"  # 呼出中
+    SERVING = "serving"  # 対応中
+    HELD = "held"  # 保留: parked, called back by number
+    AWAY = "away"  # 不在: returns after the grace period
+    DONE = "done"  # 完了
+    NO_SHOW = "no_show"  # 不在 (given up)
+    SKIPPED = "skipped"  # 取消 / merged by a transfer
+
+
+ENGAGED = (StopState.CALLED.value, StopState.SERVING.value)
+FINISHED = (StopState.DONE.value, StopState.NO_SHOW.value, StopState.SKIPPED.value)
+
+TICKET_ACTIVE = "active"
+TICKET_DONE = "done"
+
+MAX_PROCEDURES = 12
+MAX_NUMBER = 9999
+
+
+class QueueError(Exception):
+    """An action that cannot be done, with a reason for staff (JA/EN).
+
+    ``code`` is stable (for APIs and counters): not_found, conflict, invalid,
+    empty, busy, precedence.
+    """
+
+    def __init__(self, code: str, ja: str, en: str) -> None:
+        super().__init__(f"{code}: {en}")
+        self.code = code
+        self.ja = ja
+        self.en = en
+
+
+@dataclass(frozen=True)
+class Call:
+    """A ticket called to a counter (for displays, the board and the voice)."""
+
+    number: int
+    counter: str
+    service: str
+    at: datetime
+    recall: bool = False
+
+
+@dataclass
+class Outcome:
+    """What an action changed.  Central pushes new displays to ``counters``."""
+
+    counters: set[str] = field(default_factory=set)
+    calls: list[Call] = field(default_factory=list)
+    ticket: int | None = None
+    ja: str = ""
+    en: str = ""
+
+
+@dataclass(frozen=True)
+class StopView:
+    id: int
+    position: int
+    service: str
+    state: str
+    counter: str | None
+    place: int
+    waiting_since: datetime
+    called_at: datetime | None
+    done_at: datetime | None
+    returns_at: datetime | None
+    no_shows: int
+    recalls: int
+
+
+@dataclass(frozen=True)
+class TicketView:
+    id: int
+    number: int
+    day: str
+    token: str
+    issued_at: datetime
+    state: str
+    procedures: tuple[str, ...]
+    stops: tuple[StopView, ...]
+
+    @property
+    def engaged(self) -> StopView | None:
+        return next((s for s in self.stops if s.state in ENGAGED), None)
+
+
+@dataclass(frozen=True)
+class CounterView:
+    id: str
+    stop: StopView | None
+    ticket: int | None
+    waiting: int
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).isoformat()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+class QueueEngine:
+    """The queue of one site, stored in ``store``.
+
+    ``clock`` returns an aware datetime (injected so the simulator can run the
+    real engine on simulated time).  Not thread-safe: call it from one thread
+    (central's event loop).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        site: Site,
+        settings: QueueSettings,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.store = store
+        self.site = site
+        self.settings = settings
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.zone = ZoneInfo(site.site.timezone)
+        self._services = {s.id: s for s in site.services}
+        self._counters = {c.id: c for c in site.counters}
+        self._procedures = {p.id: p for p in site.procedures}
+        with store.transaction() as db:
+            for c in site.counters:
+                if db.execute("SELECT 1 FROM counters WHERE id=?", (c.id,)).fetchone() is None:
+                    db.execute("INSERT INTO counters (id, stop_id, since) VALUES (?, NULL, NULL)", (c.id,))
+
+    # ------------------------------------------------------------------ helpers
+    def today(self, now: datetime | None = None) -> str:
+        return (now or self.clock()).astimezone(self.zone).date().isoformat()
+
+    def _counter(self, counter: str):
+        try:
+            return self._counters[counter]
+        except KeyError:
+            raise QueueError("not_found", f"窓口 {counter} はありません", f"no counter {counter!r}") from None
+
+    def _log(self, db, now, action, *, source, ticket=None, stop=None, counter=None, detail=None):
+        db.execute(
+            "INSERT INTO queue_log (at, day, ticket_id, number, stop_id, service, counter, action, source, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                _iso(now),
+                self.today(now),
+                ticket["id"] if ticket is not None else None,
+                ticket["number"] if ticket is not None else None,
+                stop["id"] if stop is not None else None,
+                stop["service"] if stop is not None else None,
+                counter,
+                action,
+                source,
+                json.dumps(detail, ensure_ascii=False) if detail else None,
+            ),
+        )
+
+    def _current(self, db, counter: str):
+        row = db.execute("SELECT stop_id FROM counters WHERE id=?", (counter,)).fetchone()
+        if row is None or row["stop_id"] is None:
+            return None
+        return db.execute("SELECT * FROM stops WHERE id=?", (row["stop_id"],)).fetchone()
+
+    def _ticket_row(self, db, ticket_id: int):
+        return db.execute("SELECT * FROM tickets WHERE id=?", (ticket_id,)).fetchone()
+
+    def _ticket_by_number(self, db, number: int, day: str):
+        row = db.execute(
+            "SELECT * FROM tickets WHERE site=? AND day=? AND number=?", (self.site.site.id, day, number)
+        ).fetchone()
+        if row is None:
+            raise QueueError("not_found", f"{number}番の整理券はありません", f"no ticket {number} today")
+        return row
+
+    def _set_counter(self, db, counter: str, stop_id: int | None, now: datetime) -> None:
+        db.execute(
+            "UPDATE counters SET stop_id=?, since=? WHERE id=?",
+            (stop_id, _iso(now) if stop_id else None, counter),
+        )
+
+    def _precedence_met(self, db, stop) -> bool:
+        needs = self._services[stop["service"]].after
+        if not needs:
+            return True
+        marks = ",".join("?" * len(needs))
+        row = db.execute(
+            f"SELECT COUNT(*) FROM stops WHERE ticket_id=? AND service IN ({marks})"
+            f" AND state NOT IN ('done', 'no_show', 'skipped')",
+            (stop["ticket_id"], *needs),
+        ).fetchone()
+        return row[0] == 0
+
+    def _engaged_elsewhere(self, db, ticket_id: int, counter: str | None = None):
+        return db.execute(
+            "SELECT * FROM stops WHERE ticket_id=? AND state IN ('called', 'serving')", (ticket_id,)
+        ).fetchone()
+
+    def _close_ticket_if_done(self, db, ticket_id: int, now: datetime) -> None:
+        open_ = db.execute(
+            "SELECT COUNT(*) FROM stops WHERE ticket_id=? AND state NOT IN ('done', 'no_show', 'skipped')",
+            (ticket_id,),
+        ).fetchone()[0]
+        if open_ == 0:
+            db.execute(
+                "UPDATE tickets SET state=?, done_at=? WHERE id=? AND state=?",
+                (TICKET_DONE, _iso(now), ticket_id, TICKET_ACTIVE),
+            )
+
+    def _release_away(self, db, now: datetime) -> int:
+        """Stops whose no-show grace has passed become callable again (old place)."""
+        return db.execute(
+            "UPDATE stops SET state='waiting', returns_at=NULL WHERE state='away' AND returns_at<=?",
+            (_iso(now),),
+        ).rowcount
+
+    def _end_current(self, db, counter: str, now: datetime, source: str, out: Outcome) -> None:
+        """Finish the visit at ``counter`` (call-next on a busy counter means 完了)."""
+        stop = self._current(db, counter)
+        if stop is None:
+            return
+        self._finish_stop(db, stop, counter, now, source, out)
+
+    def _finish_stop(self, db, stop, counter, now, source, out) -> None:
+        db.execute("UPDATE stops SET state='done', done_at=? WHERE id=?", (_iso(now), stop["id"]))
+        self._set_counter(db, counter, None, now)
+        ticket = self._ticket_row(db, stop["ticket_id"])
+        self._log(db, now, "finish", source=source, ticket=ticket, stop=stop, counter=counter)
+        self._close_ticket_if_done(db, stop["ticket_id"], now)
+        out.counters.add(counter)
+
+    def _engage(self, db, stop, counter, now, source, out, *, action="call") -> None:
+        db.execute(
+            "UPDATE stops SET state='called', counter=?, called_at=?, returns_at=NULL WHERE id=?",
+            (counter, _iso(now), stop["id"]),
+        )
+        self._set_counter(db, counter, stop["id"], now)
+        ticket = self._ticket_row(db, stop["ticket_id"])
+        self._log(db, now, action, source=source, ticket=ticket, stop=stop, counter=counter)
+        out.counters.add(counter)
+        out.ticket = ticket["number"]
+        out.calls.append(Call(ticket["number"], counter, stop["service"], now))
+
+    def _callable_query(self, services: Iterable[str]) -> tuple[str, list]:
+        services = list(services)
+        marks = ",".join("?" * len(services))
+        sql = (
+            "SELECT s.* FROM stops s JOIN tickets t ON t.id = s.ticket_id"
+            f" WHERE s.state='waiting' AND s.service IN ({marks}) AND t.state='active'"
+            " AND NOT EXISTS (SELECT 1 FROM stops e WHERE e.ticket_id=s.ticket_id"
+            "                 AND e.state IN ('called', 'serving'))"
+            " ORDER BY s.place, s.position, s.id"
+        )
+        return sql, services
+
+    def _callable(self, db, services: Iterable[str]):
+        sql, args = self._callable_query(services)
+        for stop in db.execute(sql, args):
+            if self._precedence_met(db, stop):
+                yield stop
+
+    # ------------------------------------------------------------------ tickets
+    def issue(self, procedures: list[str], *, source: str = "api") -> TicketView:
+        """Issue one ticket for ``procedures`` (kiosk, floor manager, API)."""
+        if not procedures:
+            raise QueueError("invalid", "手続を選んでください", "choose at least one procedure")
+        if len(procedures) > MAX_PROCEDURES:
+            raise QueueError(
+                "invalid", f"手続は{MAX_PROCEDURES}件までです", f"at most {MAX_PROCEDURES} procedures per ticket"
+            )
+        unknown = [p for p in procedures if p not in self._procedures]
+        if unknown:
+            raise QueueError("invalid", "不明な手続です: " + ", ".join(unknown), "unknown procedure: " + ", ".join(unknown))
+        services = self._itinerary(procedures)
+        now = self.clock()
+        day = self.today(now)
+        with self.store.transaction() as db:
+            self._release_away(db, now)
+            row = db.execute(
+                "SELECT last FROM day_numbers WHERE site=? AND day=?", (self.site.site.id, day)
+            ).fetchone()
+            number = (row["last"] if row else 0) + 1
+            if number > MAX_NUMBER:
+                raise QueueError("busy", "本日の整理券は終了しました", "no more ticket numbers today")
+            if row is None:
+                db.execute("INSERT INTO day_numbers (site, day, last) VALUES (?, ?, ?)", (self.site.site.id, day, number))
+            else:
+                db.execute("UPDATE day_numbers SET last=? WHERE site=? AND day=?", (number, self.site.site.id, day))
+            cur = db.execute(
+                "INSERT INTO tickets (site, day, number, token, issued_at, state, procedures)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.site.site.id,
+                    day,
+                    number,
+                    secrets.token_urlsafe(16),
+                    _iso(now),
+                    TICKET_ACTIVE,
+                    json.dumps(list(dict.fromkeys(procedures))),
+                ),
+            )
+            ticket_id = cur.lastrowid
+            for position, service in enumerate(services):
+                db.execute(
+                    "INSERT INTO stops (ticket_id, position, service, state, place, waiting_since)"
+                    " VALUES (?, ?, ?, 'waiting', ?, ?)",
+                    (ticket_id, position, service, ticket_id, _iso(now)),
+                )
+            ticket = self._ticket_row(db, ticket_id)
+            self._log(db, now, "issue", source=source, ticket=ticket, detail={"services": services})
+        logger.info("ticket %d issued: %s", number, " → ".join(services))
+        return self.ticket(number, day)
+
+    def _itinerary(self, procedures: list[str]) -> list[str]:
+        """Services of the procedures, once each, ordered so that 'after' holds
+        (stable: otherwise in the order the procedures were chosen)."""
+        wanted: list[str] = []
+        for p in procedures:
+            for s in self._procedures[p].services:
+                if s not in wanted:
+                    wanted.append(s)
+        ordered: list[str] = []
+        remaining = list(wanted)
+        while remaining:
+            for s in remaining:
+                if all(a not in remaining or a == s for a in self._services[s].after):
+                    ordered.append(s)
+                    remaining.remove(s)
+                    break
+            else:  # pragma: no cover - cycles are refused when the site loads
+                raise QueueError("invalid", "手続の順序が循環しています", "precedence cycle")
+        return ordered
+
+    def ticket(self, number: int, day: str | None = None) -> TicketView:
+        day = day or self.today()
+        db = self.store.conn
+        row = self._ticket_by_number(db, number, day)
+        return self._ticket_view(db, row)
+
+    def ticket_by_token(self, token: str) -> TicketView | None:
+        row = self.store.conn.execute("SELECT * FROM tickets WHERE token=?", (token,)).fetchone()
+        return self._ticket_view(self.store.conn, row) if row else None
+
+    def _ticket_view(self, db, row) -> TicketView:
+        stops = tuple(
+            StopView(
+                id=s["id"],
+                position=s["position"],
+                service=s["service"],
+                state=s["state"],
+                counter=s["counter"],
+                place=s["place"],
+                waiting_since=_dt(s["waiting_since"]),
+                called_at=_dt(s["called_at"]),
+                done_at=_dt(s["done_at"]),
+                returns_at=_dt(s["returns_at"]),
+                no_shows=s["no_shows"],
+                recalls=s["recalls"],
+            )
+            for s in db.execute("SELECT * FROM stops WHERE ticket_id=? ORDER BY position, id", (row["id"],))
+        )
+        return TicketView(
+            id=row["id"],
+            number=row["number"],
+            day=row["day"],
+            token=row["token"],
+            issued_at=_dt(row["issued_at"]),
+            state=row["state"],
+            procedures=tuple(json.loads(row["procedures"])),
+            stops=stops,
+        )
+
+    def tickets(self, day: str | None = None, *, active_only: bool = False) -> list[TicketView]:
+        day = day or self.today()
+        db = self.store.conn
+        sql = "SELECT * FROM tickets WHERE site=? AND day=?"
+        if active_only:
+            sql += " AND state='active'"
+        rows = db.execute(sql + " ORDER BY id", (self.site.site.id, day)).fetchall()
+        return [self._ticket_view(db, r) for r in rows]
+
+    # ------------------------------------------------------------------ counter actions
+    def call_next(self, counter: str, *, source: str = "api", event_id: str | None = None, device: str | None = None) -> Outcome:
+        """次の方: finish the current visit (if any) and call the next ticket."""
+        c = self._counter(counter)
+        now = self.clock()
+        out = Outcome()
+        with self.store.transaction() as db:
+            if not self._first_time(db, event_id, device, now):
+                return Outcome(ja="処理済みです", en="already handled")
+            self._release_away(db, now)
+            self._end_current(db, counter, now, source, out)
+            stop = next(self._callable(db, c.services), None)
+            if stop is None:
+                out.counters.add(counter)
+                out.ja, out.en = "お待ちの方はいません", "No one is waiting"
+                return out
+            self._engage(db, stop, counter, now, source, out)
+        out.ja, out.en = f"{out.ticket}番をお呼びしました", f"Calling number {out.ticket}"
+        return out
+
+    def call(self, counter: str, number: int, *, source: str = "api") -> Outcome:
+        """Call a specific ticket (e.g. a held one) to ``counter``."""
+        c = self._counter(counter)
+        now = self.clock()
+        out = Outcome()
+        with self.store.transaction() as db:
+            self._release_away(db, now)
+            ticket = self._ticket_by_number(db, number, self.today(now))
+            if ticket["state"] != TICKET_ACTIVE:
+                raise QueueError("conflict", f"{number}番は手続が終わっています", f"ticket {number} is finished")
+            engaged = self._engaged_elsewhere(db, ticket["id"])
+            if engaged is not None and engaged["counter"] != counter:
+                name = self._counters[engaged["counter"]]
+                raise QueueError(
+                    "conflict",
+                    f"{number}番は{name.name_ja}で対応中です",
+                    f"number {number} is engaged at {name.name_en}",
+                )
+            marks = ",".join("?" * len(c.services))
+            stop = db.execute(
+                f"SELECT * FROM stops WHERE ticket_id=? AND service IN ({marks})"
+                " AND state IN ('waiting', 'held', 'away') ORDER BY position LIMIT 1",
+                (ticket["id"], *c.services),
+            ).fetchone()
+            if stop is None:
+                raise QueueError(
+                    "not_found",
+                    f"{number}番はこの窓口の手続がありません",
+                    f"number {number} has nothing to do at this counter",
+                )
+            if not self._precedence_met(db, stop):
+                raise QueueError(
+                    "precedence",
+                    f"{number}番は先に他の窓口の手続があります",
+                    f"number {number} must finish another counter first",
+                )
+            self._end_current(db, counter, now, source, out)
+            self._engage(db, stop, counter, now, source, out)
+        out.ja, out.en = f"{number}番をお呼びしました", f"Calling number {number}"
+        return out
+
+    def _require_current(self, db, counter: str):
+        stop = self._current(db, counter)
+        if stop is None:
+            raise QueueError("empty", "対応中の方はいません", "no one at this counter")
+        return stop
+
+    def recall(self, counter: str, *, source: str = "api", event_id: str | None = None, device: str | None = None) -> Outcome:
+        """再呼出: announce the current ticket again."""
+        self._counter(counter)
+        now = self.clock()
+        out = Outcome()
+        with self.store.transaction() as db:
+            if not self._first_time(db, event_id, device, now):
+                return Outcome(ja="処理済みです", en="already handled")
+            stop = self._require_current(db, counter)
+            if stop["state"] != StopState.CALLED.value:
+                raise QueueError("conflict", "対応中のため再呼出できません", "already being served; no recall")
+            db.execute("UPDATE stops SET recalls=recalls+1 WHERE id=?", (stop["id"],))
+            ticket = self._ticket_row(db, stop["ticket_id"])
+            self._log(db, now, "recall", source=source, ticket=ticket, stop=stop, counter=counter)
+            out.counters.add(counter)
+            out.ticket = ticket["number"]
+            out.calls.append(Call(ticket["number"], counter, stop["service"], now, recall=True))
+        out.ja, out.en = f"{out.ticket}番を再呼出しました", f"Calling number {out.ticket} again"
+        return out
+
+    def start(self, counter: str, *, source: str = "api") -> Outcome:
+        """受付開始: the called visitor has arrived at the counter."""
+        self._counter(counter)
+        now = self.clock()
+        out = Outcome()
+        with self.store.transaction() as db:
+            stop = self._require_current(db, counter)
+            if stop["state"] == StopState.CALLED.value:
+                db.execute("UPDATE stops SET state='serving', started_at=? WHERE id=?", (_iso(now), stop["id"]))
+                ticket = self._ticket_row(db, stop["ticket_id"])
+                self._log(db, now, "start", source=source, ticket=ticket, stop=stop, counter=counter)
+                out.ticket = ticket["number"]
+            out.counters.add(counter)
+        return out
+
+    def no_show(self, counter: str, *, source: str = "api", event_id: str | None = None, device: str | None = None) -> Outcome:
+        """不在: the called visitor did not come.  Away for the grace period, then
+        back at the old place; given up after ``max_no_shows``."""
+        self._counter(counter)
+        now = self.clock()
+        out = Outcome()
+        with self.store.transaction() as db:
+            if not self._first_time(db, event_id, device, now):
+                return Outcome(ja="処理済みです", en="already handled")
+            stop = self._require_current(db, counter)
+            no_shows = stop["no_shows"] + 1
+            ticket = self._ticket_row(db, stop["ticket_id"])
+            if no_shows >= self.settings.max_no_shows:
+                db.execute(
+                    "UPDATE stops SET state='no_show', no_shows=?, done_at=? WHERE id=?",
+                    (no_shows, _iso(now), stop["id"]),
+                )
+                self._close_ticket_if_done(db, stop["ticket_id"], now)
+                out.ja, out.en = f"{ticket['number']}番を不在で終了しました", f"Number {ticket['number']} given up (no-show)"
+            else:
+                returns = now + timedelta(seconds=self.settings.no_show_grace_s)
+                db.execute(
+                    "UPDATE stops SET state='away', no_shows=?, counter=NULL, returns_at=? WHERE id=?",
+                    (no_shows, _iso(returns), stop["id"]),
+                )
+                out.ja, out.en = f"{ticket['number']}番は不在です", f"Number {ticket['number']} did not come"
+            self._set_counter(db, counter, None, now)
+            self._log(db, now, "no_show", source=source, ticket=ticket, stop=stop, counter=counter, detail={"count": no_shows})
+            out.counters.add(counter)
+            out.ticket = ticket["number"]
+        return out
+
+    def hold(self, counter: str, *, source: str = "api", event_id: str | None = None, device: str | None = None) -> Outcome:
+        """保留: park the current visitor (e.g. to fill a form); call back by number."""
+        self._counter(counter)
+        now = self.clock()
+        out = Outcome()
+        with self.store.transaction() as db:
+            if not self._first_time(db, event_id, device, now):
+                return Outcome(ja="処理済みです", en="already handled")
+            stop = self._require_current(db, counter)
+            db.execute("UPDATE stops SET state='held' WHERE id=?", (stop["id"],))
+            self._set_counter(db, counter, None, now)
+            ticket = self._ticket_row(db, stop["ticket_id"])
+            self._log(db, now, "hold", source=source, ticket=ticket, stop=stop, counter=counter)
+            out.counters.add(counter)
+            out.ticket = ticket["number"]
+        out.ja, out.en = f"{out.ticket}番を保留にしました", f"Number {out.ticket} on hold"
+        return out
+
+    def finish(self, counter: str, *, source: str = "api", event_id: str | None = None, device: str | None = None) -> Outcome:
+        """完了: this stop is done; the ticket moves on to its next stops."""
+        self._counter(counter)
+        now = self.clock()
+        out = Outcome()
+        with self.store.transaction() as db:
+            if not self._first_time(db, event_id, device, now):
+                return Outcome(ja="処理済みです", en="already handled")
+            stop = self._require_current(db, counter)
+            self._finish_stop(db, stop, counter, now, source, out)
+            out.ticket = self._ticket_row(db, stop["ticket_id"])["number"]
+        out.ja, out.en = f"{out.ticket}番の手続が完了しました", f"Number {out.ticket} done here"
+        return out
+
+    def transfer(self, counter: str, service: str, *, source: str = "api") -> Outcome:
+        """回付: the current visitor needs ``service`` instead; they keep their place."""
+        self._counter(counter)
+        if service not in self._services:
+            raise QueueError("invalid", f"不明な業務です: {service}", f"unknown service {service!r}")
+        now = self.clock()
+        out = Outcome()
+        with self.store.transaction() as db:
+            stop = self._require_current(db, counter)
+            ticket = self._ticket_row(db, stop["ticket_id"])
+            other = db.execute(
+                "SELECT id FROM stops WHERE ticket_id=? AND service=? AND id<>?"
+                " AND state NOT IN ('done', 'no_show', 'skipped')",
+                (ticket["id"], service, stop["id"]),
+            ).fetchone()
+            if other is not None:
+                # The ticket already waits for that service: this stop merges into it.
+                db.execute("UPDATE stops SET state='skipped', done_at=? WHERE id=?", (_iso(now), stop["id"]))
+            else:
+                db.execute(
+                    "UPDATE stops SET service=?, state='waiting', counter=NULL, waiting_since=? WHERE id=?",
+                    (service, _iso(now), stop["id"]),
+                )
+            self._set_counter(db, counter, None, now)
+            self._log(db, now, "transfer", source=source, ticket=ticket, stop=stop, counter=counter, detail={"to": service})
+            out.counters.add(counter)
+            out.ticket = ticket["number"]
+        name = self._services[service]
+        out.ja, out.en = f"{out.ticket}番を{name.name_ja}へ回付しました", f"Number {out.ticket} sent to {name.name_en}"
+        return out
+
+    def add_stop(self, number: int, service: str, *, source: str = "api") -> Outcome:
+        """A need found at the counter: add ``service`` to ticket ``number``
+        (at its original place; precedence applies as at issue)."""
+        if service not in self._services:
+            raise QueueError("invalid", f"不明な業務です: {service}", f"unknown service {service!r}")
+        now = self.clock()
+        out = Outcome()
+        with self.store.transaction() as db:
+            ticket = self._ticket_by_number(db, number, self.today(now))
+            existing = db.execute(
+                "SELECT 1 FROM stops WHERE ticket_id=? AND service=? AND state NOT IN ('done', 'no_show', 'skipped')",
+                (ticket["id"], service),
+            ).fetchone()
+            if existing:
+                raise QueueError("conflict", f"{number}番には既にこの手続があります", f"number {number} already has {service}")
+            position = db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM stops WHERE ticket_id=?", (ticket["id"],)).fetchone()[0]
+            db.execute(
+                "INSERT INTO stops (ticket_id, position, service, state, place, waiting_since) VALUES (?, ?, ?, 'waiting', ?, ?)",
+                (ticket["id"], position, service, ticket["id"], _iso(now)),
+            )
+            if ticket["state"] != TICKET_ACTIVE:
+                db.execute("UPDATE tickets SET state=?, done_at=NULL WHERE id=?", (TICKET_ACTIVE, ticket["id"]))
+            self._log(db, now, "add_stop", source=source, ticket=ticket, detail={"service": service})
+            out.ticket = number
+            out.counters.update(c.id for c in self.site.counters if service in c.services)
+        return out
+
+    def _first_time(self, db, event_id: str | None, device: str | None, now: datetime) -> bool:
+        """Record ``event_id`` inside the action's transaction: an event
+        delivered twice (MQTT QoS 1 is at-least-once) is applied once."""
+        if event_id is None:
+            return True
+        if db.execute("SELECT 1 FROM seen_events WHERE event_id=?", (event_id,)).fetchone():
+            return False
+        db.execute("INSERT INTO seen_events (event_id, device, at) VALUES (?, ?, ?)", (event_id, device or "", _iso(now)))
+        return True
+
+    def seen(self, event_id: str) -> bool:
+        return self.store.conn.execute("SELECT 1 FROM seen_events WHERE event_id=?", (event_id,)).fetchone() is not None
+
+    def prune_seen(self, older_than: timedelta = timedelta(days=2)) -> int:
+        with self.store.transaction() as db:
+            return db.execute("DELETE FROM seen_events WHERE at < ?", (_iso(self.clock() - older_than),)).rowcount
+
+    # ------------------------------------------------------------------ views
+    def release_due(self) -> bool:
+        """Bring no-show tickets back whose grace has passed.  True if any did."""
+        with self.store.transaction() as db:
+            return self._release_away(db, self.clock()) > 0
+
+    def counter_view(self, counter: str) -> CounterView:
+        c = self._counter(counter)
+        db = self.store.conn
+        stop = self._current(db, counter)
+        view = None
+        number = None
+        if stop is not None:
+            number = self._ticket_row(db, stop["ticket_id"])["number"]
+            view = next(s for s in self._ticket_view(db, self._ticket_row(db, stop["ticket_id"])).stops if s.id == stop["id"])
+        waiting = sum(1 for _ in self._callable(db, c.services))
+        return CounterView(id=counter, stop=view, ticket=number, waiting=waiting)
+
+    def waiting_by_service(self) -> dict[str, int]:
+        """Stops waiting per service (callable now or later), for estimates."""
+        counts = {s.id: 0 for s in self.site.services}
+        rows = self.store.conn.execute(
+            "SELECT s.service, COUNT(*) FROM stops s JOIN tickets t ON t.id=s.ticket_id"
+            " WHERE t.state='active' AND t.site=? AND s.state IN ('waiting', 'away', 'held') GROUP BY s.service",
+            (self.site.site.id,),
+        )
+        for service, n in rows:
+            counts[service] = n
+        return counts
+
+    def estimate_minutes(self) -> dict[str, int]:
+        """A first wait estimate per service: waiting × typical time ÷ counters
+        serving it.  Issue #5 replaces this with measured service times."""
+        waiting = self.waiting_by_service()
+        result = {}
+        for s in self.site.services:
+            serving = sum(1 for c in self.site.counters if s.id in c.services) or 1
+            result[s.id] = round(waiting[s.id] * s.typical_min / serving)
+        return result
+
+    def recent_calls(self, limit: int) -> list[Call]:
+        rows = self.store.conn.execute(
+            "SELECT at, number, counter, service, action FROM queue_log"
+            " WHERE action IN ('call', 'recall') AND day=? ORDER BY id DESC LIMIT ?",
+            (self.today(), limit),
+        ).fetchall()
+        return [Call(r["number"], r["counter"], r["service"], _dt(r["at"]), r["action"] == "recall") for r in rows]

@@ -1,0 +1,128 @@
+"""SQLite storage for central.
+
+One file, WAL mode, ``synchronous=FULL``: a committed queue action survives a
+kill -9 of central and a power cut.  Every state change is one transaction,
+so a crash leaves the state of just before or just after an action, never half
+of one.  The SQL is kept portable (no SQLite-only upserts in the engine) so the
+move to PostgreSQL (design §8) stays small.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = [
+    # 1: the queue
+    """
+    CREATE TABLE day_numbers (
+        site TEXT NOT NULL,
+        day TEXT NOT NULL,
+        last INTEGER NOT NULL,
+        PRIMARY KEY (site, day)
+    );
+    CREATE TABLE tickets (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL,
+        day TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        token TEXT NOT NULL UNIQUE,
+        issued_at TEXT NOT NULL,
+        state TEXT NOT NULL,
+        procedures TEXT NOT NULL,
+        done_at TEXT,
+        UNIQUE (site, day, number)
+    );
+    CREATE TABLE stops (
+        id INTEGER PRIMARY KEY,
+        ticket_id INTEGER NOT NULL REFERENCES tickets(id),
+        position INTEGER NOT NULL,
+        service TEXT NOT NULL,
+        state TEXT NOT NULL,
+        place INTEGER NOT NULL,
+        counter TEXT,
+        waiting_since TEXT NOT NULL,
+        called_at TEXT,
+        started_at TEXT,
+        done_at TEXT,
+        returns_at TEXT,
+        no_shows INTEGER NOT NULL DEFAULT 0,
+        recalls INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX stops_by_state ON stops (state, service);
+    CREATE INDEX stops_by_ticket ON stops (ticket_id);
+    CREATE TABLE counters (
+        id TEXT PRIMARY KEY,
+        stop_id INTEGER REFERENCES stops(id),
+        since TEXT
+    );
+    CREATE TABLE seen_events (
+        event_id TEXT PRIMARY KEY,
+        device TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE TABLE queue_log (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        day TEXT NOT NULL,
+        ticket_id INTEGER,
+        number INTEGER,
+        stop_id INTEGER,
+        service TEXT,
+        counter TEXT,
+        action TEXT NOT NULL,
+        source TEXT NOT NULL,
+        detail TEXT
+    );
+    """,
+]
+
+
+class Store:
+    """A SQLite connection with the schema migrated to the latest version."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN ourselves (BEGIN IMMEDIATE takes
+        # the write lock up front, so a reader never upgrades mid-transaction).
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(SCHEMA):
+            raise RuntimeError(
+                f"{self.path}: database schema {version} is newer than this madoguchi ({len(SCHEMA)})"
+            )
+        for number, script in enumerate(SCHEMA[version:], start=version + 1):
+            logger.info("migrating %s to schema %d", self.path, number)
+            with self.transaction():
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version={number}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()

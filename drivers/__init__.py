@@ -1,0 +1,1 @@
+"""Device drivers for a madoguchi counter: displays, call buttons and other hardware."""
