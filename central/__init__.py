@@ -1,0 +1,1 @@
+"""madoguchi's central service: queue, API and bus for one site."""

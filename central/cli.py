@@ -1,0 +1,83 @@
+"""``madoguchi central`` and ``madoguchi ticket`` sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def central_command(sub) -> None:
+    p = sub.add_parser("central", help="run the central service (queue, API, bus)")
+    p.add_argument("--config", default="/etc/madoguchi/central.toml", help="central.toml (default: %(default)s)")
+    p.add_argument("--database", help="override [central] database")
+    p.add_argument("--http-port", type=int, help="override [http] port")
+    p.set_defaults(func=_run_central)
+
+
+def _run_central(args) -> int:
+    from central.app import run
+
+    return run(args.config, database=args.database, http_port=args.http_port)
+
+
+def ticket_command(sub) -> None:
+    p = sub.add_parser("ticket", help="issue and look at tickets through central's API")
+    p.add_argument("--url", default=DEFAULT_URL, help="central's URL (default: %(default)s)")
+    tsub = p.add_subparsers(dest="ticket_cmd", metavar="ACTION", required=True)
+    issue = tsub.add_parser("issue", help="issue one ticket for one or more procedures")
+    issue.add_argument("procedures", nargs="+", metavar="PROCEDURE", help="procedure ids, e.g. tennyu kokuho-kanyu")
+    issue.set_defaults(func=_issue)
+    show = tsub.add_parser("show", help="one ticket's itinerary")
+    show.add_argument("number", type=int)
+    show.set_defaults(func=_show)
+    lst = tsub.add_parser("list", help="today's active tickets")
+    lst.set_defaults(func=_list)
+
+
+def _request(url: str, method: str = "GET", body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}")
+        msg = detail.get("message_ja") or detail.get("detail") or detail
+        raise SystemExit(f"エラー / error {exc.code}: {msg}") from None
+    except urllib.error.URLError as exc:
+        raise SystemExit(f"central に接続できません / cannot reach central at {url}: {exc.reason}") from None
+
+
+def _print_ticket(t: dict) -> None:
+    print(f"受付番号 {t['number']} 番  ({t['day']})  {t['state']}")
+    for i, s in enumerate(t["stops"], 1):
+        where = f" @{s['counter']}" if s["counter"] else ""
+        print(f"  {i}. {s['name_ja']} / {s['name_en']}: {s['state']}{where}")
+
+
+def _issue(args) -> int:
+    _print_ticket(_request(f"{args.url}/api/v1/tickets", "POST", {"procedures": args.procedures}))
+    return 0
+
+
+def _show(args) -> int:
+    _print_ticket(_request(f"{args.url}/api/v1/tickets/{args.number}"))
+    return 0
+
+
+def _list(args) -> int:
+    tickets = _request(f"{args.url}/api/v1/tickets?active=true")
+    for t in tickets:
+        _print_ticket(t)
+    if not tickets:
+        print("受付中の整理券はありません / no active tickets")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(1)

@@ -1,0 +1,251 @@
+"""Central's core: bus messages in, queue actions, display commands out.
+
+Runs on the asyncio loop.  Every incoming payload is validated; a bad one is
+rejected with a reason, counted in :attr:`Central.rejected` and logged, and
+the next message is served as usual.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from bus import PayloadError, decode
+from bus.models import (
+    EVENT_KINDS,
+    CallEntry,
+    DeviceState,
+    DisplayCommand,
+    DisplayMode,
+    Intent,
+    IntentEvent,
+    LobbyBoard,
+    Message,
+    ServiceWait,
+    Status,
+    command_expiry,
+    utcnow,
+)
+from bus.topics import TopicError, Topics, parse
+from central.config import Site, QueueSettings
+from central.queue import Outcome, QueueEngine, QueueError, StopState
+
+logger = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, message: Message, *, qos: int = 1, retain: bool = False, expiry_s: float | None = None) -> None: ...
+
+
+@dataclass
+class DeviceSeen:
+    """What central knows of a device from its retained status (fleet view)."""
+
+    state: str = "unknown"
+    boot_id: str | None = None
+    since: datetime | None = None
+
+
+@dataclass
+class Stats:
+    handled: collections.Counter = field(default_factory=collections.Counter)
+    rejected: collections.Counter = field(default_factory=collections.Counter)
+    last_rejection: str | None = None
+
+
+class Central:
+    def __init__(self, engine: QueueEngine, site: Site, settings: QueueSettings, publisher: Publisher) -> None:
+        self.engine = engine
+        self.site = site
+        self.settings = settings
+        self.publisher = publisher
+        self.topics = Topics(site.site.id)
+        self.stats = Stats()
+        self.devices: dict[str, DeviceSeen] = {d.id: DeviceSeen() for d in site.devices}
+        self._listeners: list = []
+
+    # ---------------------------------------------------------------- listeners
+    def subscribe(self, callback) -> None:
+        """``callback(kind: str)`` after every change (for live web pages)."""
+        self._listeners.append(callback)
+
+    def _changed(self, kind: str) -> None:
+        for cb in list(self._listeners):
+            try:
+                cb(kind)
+            except Exception:  # one bad listener must not stop the others
+                logger.exception("listener failed")
+
+    # ---------------------------------------------------------------- bus in
+    def reject(self, reason: str, topic: str, detail: str) -> None:
+        self.stats.rejected[reason] += 1
+        self.stats.last_rejection = f"{reason}: {detail}"[:300]
+        logger.warning("rejected message on %s: %s: %s", topic[:200], reason, detail[:300])
+
+    def handle(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+        """Handle one MQTT message.  Never raises for bad input."""
+        try:
+            parts = parse(topic)
+        except TopicError as exc:
+            self.reject("bad_topic", topic, str(exc))
+            return
+        if parts.site != self.site.site.id:
+            self.reject("wrong_site", topic, f"site {parts.site!r}")
+            return
+        device = self.site.device(parts.device) if parts.device else None
+        if device is None:
+            self.reject("unknown_device", topic, f"device {parts.device!r} is not in the site config")
+            return
+        try:
+            if parts.channel == "status":
+                self._on_status(device.id, decode(Status, payload))
+            elif parts.channel == "event":
+                model = EVENT_KINDS.get(parts.name)
+                if model is None:
+                    self.reject("unknown_kind", topic, f"event kind {parts.name!r}")
+                    return
+                event = decode(model, payload)
+                if isinstance(event, IntentEvent):
+                    self._on_intent(device, event)
+            else:
+                self.reject("unexpected", topic, f"central does not take {parts.channel!r} messages")
+        except PayloadError as exc:
+            self.reject(exc.reason, topic, exc.detail)
+
+    def _on_status(self, device_id: str, status: Status) -> None:
+        seen = self.devices[device_id]
+        if status.state is DeviceState.OFFLINE and seen.boot_id not in (None, status.boot_id):
+            # A will from an older boot arriving after the device came back.
+            logger.info("%s: ignoring stale offline status of boot %s", device_id, status.boot_id)
+            return
+        changed = seen.state != status.state.value or seen.boot_id != status.boot_id
+        seen.state, seen.boot_id, seen.since = status.state.value, status.boot_id, status.since
+        self.stats.handled["status"] += 1
+        if changed:
+            logger.info("%s is %s (boot %s)", device_id, status.state.value, status.boot_id)
+        if status.state is DeviceState.ONLINE:
+            device = self.site.device(device_id)
+            if device and device.counter:
+                # A (re)connected display gets its current state at once.
+                self.push_display(device.counter)
+
+    def _on_intent(self, device, event: IntentEvent) -> None:
+        if event.counter != device.counter:
+            self.reject(
+                "wrong_counter",
+                self.topics.event(device.id, "intent"),
+                f"{device.id} belongs to counter {device.counter}, not {event.counter}",
+            )
+            return
+        now = utcnow()
+        if event.expires_at <= now:
+            # A press that arrives after its deadline must not call anyone now.
+            self.stats.rejected["expired"] += 1
+            logger.info(
+                "%s: dropped %s pressed at %s (expired %.1f s ago)",
+                device.id, event.intent.value, event.ts.isoformat(), (now - event.expires_at).total_seconds(),
+            )
+            return
+        action = {
+            Intent.CALL_NEXT: self.engine.call_next,
+            Intent.RECALL: self.engine.recall,
+            Intent.NO_SHOW: self.engine.no_show,
+            Intent.FINISH: self.engine.finish,
+            Intent.HOLD: self.engine.hold,
+        }[event.intent]
+        try:
+            outcome = action(device.counter, source=f"button:{device.id}", event_id=str(event.event_id), device=device.id)
+        except QueueError as exc:
+            self.stats.handled["intent_refused"] += 1
+            self.push_display(device.counter, in_reply_to=event.event_id, ja=exc.ja, en=exc.en)
+            return
+        self.stats.handled[f"intent_{event.intent.value}"] += 1
+        self.apply(outcome, origin=device.counter, in_reply_to=event.event_id)
+
+    # ---------------------------------------------------------------- bus out
+    def apply(self, outcome: Outcome, *, origin: str | None = None, in_reply_to: uuid.UUID | None = None) -> None:
+        """Push the displays and the board an action changed."""
+        counters = set(outcome.counters)
+        if origin:
+            counters.add(origin)
+        for counter in sorted(counters):
+            recall = any(c.recall and c.counter == counter for c in outcome.calls)
+            if counter == origin:
+                self.push_display(counter, in_reply_to=in_reply_to, ja=outcome.ja, en=outcome.en, recall=recall)
+            else:
+                self.push_display(counter, recall=recall)
+        if outcome.calls or outcome.counters:
+            self.publish_board()
+        self._changed("queue")
+
+    def display_for(
+        self, counter: str, *, in_reply_to: uuid.UUID | None = None, ja: str = "", en: str = "", recall: bool = False
+    ) -> DisplayCommand:
+        view = self.engine.counter_view(counter)
+        issued, expires = command_expiry(self.settings.display_command_ttl_s)
+        common = dict(
+            command_id=uuid.uuid4(), issued_at=issued, expires_at=expires, in_reply_to=in_reply_to,
+            waiting=view.waiting, text_ja=ja[:80], text_en=en[:80],
+        )
+        if view.stop is None:
+            if not ja:
+                common["text_ja"] = f"お待ちの方 {view.waiting}人"
+                common["text_en"] = f"{view.waiting} waiting"
+            return DisplayCommand(mode=DisplayMode.IDLE, **common)
+        service = self.site.service(view.stop.service)
+        mode = DisplayMode.CALLING if view.stop.state == StopState.CALLED.value else DisplayMode.SERVING
+        return DisplayCommand(
+            mode=mode, ticket=view.ticket, recall=recall,
+            service_ja=service.name_ja, service_en=service.name_en, **common,
+        )
+
+    def push_display(
+        self, counter: str, *, in_reply_to: uuid.UUID | None = None, ja: str = "", en: str = "", recall: bool = False
+    ) -> None:
+        device = self.site.device_of_counter(counter)
+        if device is None:
+            return  # a counter without a Pi (console only)
+        cmd = self.display_for(counter, in_reply_to=in_reply_to, ja=ja, en=en, recall=recall)
+        self.publisher.publish(
+            self.topics.cmd(device.id, "display"), cmd, qos=1, expiry_s=self.settings.display_command_ttl_s
+        )
+
+    def apply_issue(self, ticket) -> None:
+        """A new ticket: idle counters that can serve it show the new count."""
+        services = {s.service for s in ticket.stops}
+        outcome = Outcome(counters={c.id for c in self.site.counters if services & set(c.services)})
+        self.apply(outcome)
+
+    def board(self) -> LobbyBoard:
+        calls = []
+        for call in self.engine.recent_calls(self.settings.board_calls):
+            c = self.site.counter(call.counter)
+            calls.append(CallEntry(ticket=call.number, counter=c.id, counter_ja=c.name_ja, counter_en=c.name_en, at=call.at, recall=call.recall))
+        waiting = self.engine.waiting_by_service()
+        estimates = self.engine.estimate_minutes()
+        waits = [
+            ServiceWait(service=s.id, name_ja=s.name_ja, name_en=s.name_en, waiting=waiting[s.id], estimate_min=estimates[s.id])
+            for s in self.site.services
+        ]
+        return LobbyBoard(ts=utcnow(), calls=calls, waits=waits)
+
+    def publish_board(self) -> None:
+        self.publisher.publish(self.topics.lobby_board(), self.board(), qos=1, retain=True)
+
+    def resync(self) -> None:
+        """After (re)connecting: every display and the board from the database."""
+        for counter in self.site.counters:
+            self.push_display(counter.id)
+        self.publish_board()
+
+    def tick(self) -> None:
+        """Periodic work: bring back no-show tickets whose grace has passed."""
+        if self.engine.release_due():
+            for counter in self.site.counters:
+                self.push_display(counter.id)
+            self.publish_board()
+            self._changed("queue")

@@ -1,0 +1,220 @@
+"""Central's HTTP side: the JSON API (OpenAPI at /docs) and the overview page.
+
+Handlers run on central's event loop and call the queue engine directly (each
+call is one short SQLite transaction), then push what changed to the bus.
+Request bodies are strict pydantic models; a body over :data:`MAX_BODY` bytes
+is refused before it is read.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from importlib import resources
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from bus.topics import ID_PATTERN
+from central.queue import MAX_PROCEDURES, QueueError, TicketView
+from central.service import Central
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 16 * 1024
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+
+STATUS_OF = {"not_found": 404, "conflict": 409, "precedence": 409, "empty": 409, "busy": 409, "invalid": 422}
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IssueRequest(Body):
+    procedures: list[Id] = Field(min_length=1, max_length=MAX_PROCEDURES)
+
+
+class CallRequest(Body):
+    number: int = Field(ge=1, le=9999)
+
+
+class ServiceRequest(Body):
+    service: Id
+
+
+class StopOut(BaseModel):
+    service: str
+    name_ja: str
+    name_en: str
+    state: str
+    counter: str | None
+    called_at: datetime | None
+    done_at: datetime | None
+
+
+class TicketOut(BaseModel):
+    number: int
+    day: str
+    state: str
+    issued_at: datetime
+    procedures: list[str]
+    stops: list[StopOut]
+    token: str | None = None
+
+
+class CounterOut(BaseModel):
+    id: str
+    name_ja: str
+    name_en: str
+    services: list[str]
+    ticket: int | None
+    state: str | None
+    waiting: int
+    device: str | None
+    device_state: str | None
+
+
+class ActionOut(BaseModel):
+    ok: Literal[True] = True
+    ticket: int | None
+    message_ja: str
+    message_en: str
+
+
+def create_app(central: Central, *, mqtt_connected=lambda: False) -> FastAPI:
+    site = central.site
+    engine = central.engine
+    app = FastAPI(
+        title="madoguchi central",
+        version="1",
+        description="Tickets, counters and queue of one site.  See docs/http-api.md.",
+    )
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return JSONResponse({"error": "too_large", "message_en": f"body over {MAX_BODY} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(QueueError)
+    async def queue_error(request: Request, exc: QueueError):
+        return JSONResponse(
+            {"error": exc.code, "message_ja": exc.ja, "message_en": exc.en},
+            status_code=STATUS_OF.get(exc.code, 409),
+        )
+
+    def ticket_out(t: TicketView, *, with_token: bool = False) -> TicketOut:
+        return TicketOut(
+            number=t.number, day=t.day, state=t.state, issued_at=t.issued_at, procedures=list(t.procedures),
+            token=t.token if with_token else None,
+            stops=[
+                StopOut(
+                    service=s.service, name_ja=site.service(s.service).name_ja, name_en=site.service(s.service).name_en,
+                    state=s.state, counter=s.counter, called_at=s.called_at, done_at=s.done_at,
+                )
+                for s in t.stops
+            ],
+        )
+
+    def counter_out(counter_id: str) -> CounterOut:
+        c = site.counter(counter_id)
+        view = engine.counter_view(counter_id)
+        device = site.device_of_counter(counter_id)
+        return CounterOut(
+            id=c.id, name_ja=c.name_ja, name_en=c.name_en, services=list(c.services), ticket=view.ticket,
+            state=view.stop.state if view.stop else None, waiting=view.waiting,
+            device=device.id if device else None,
+            device_state=central.devices[device.id].state if device else None,
+        )
+
+    def known_counter(counter: str) -> str:
+        if counter not in {c.id for c in site.counters}:
+            raise HTTPException(404, detail=f"no counter {counter!r}")
+        return counter
+
+    def act(outcome, counter: str | None = None) -> ActionOut:
+        central.apply(outcome, origin=counter)
+        return ActionOut(ticket=outcome.ticket, message_ja=outcome.ja, message_en=outcome.en)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok", "mqtt": "connected" if mqtt_connected() else "disconnected", "site": site.site.id}
+
+    @app.get("/api/v1/site")
+    def get_site():
+        return {
+            "site": site.site.model_dump(),
+            "services": [s.model_dump() for s in site.services],
+            "counters": [c.model_dump() for c in site.counters],
+            "procedures": [p.model_dump() for p in site.procedures],
+        }
+
+    @app.post("/api/v1/tickets", status_code=201, response_model=TicketOut)
+    def issue_ticket(body: IssueRequest):
+        ticket = engine.issue(body.procedures, source="api")
+        central.apply_issue(ticket)
+        return ticket_out(ticket, with_token=True)
+
+    @app.get("/api/v1/tickets", response_model=list[TicketOut])
+    def list_tickets(day: str | None = None, active: bool = False):
+        return [ticket_out(t) for t in engine.tickets(day, active_only=active)]
+
+    @app.get("/api/v1/tickets/{number}", response_model=TicketOut)
+    def get_ticket(number: int, day: str | None = None):
+        return ticket_out(engine.ticket(number, day))
+
+    @app.post("/api/v1/tickets/{number}/stops", response_model=ActionOut)
+    def add_stop(number: int, body: ServiceRequest):
+        return act(engine.add_stop(number, body.service, source="api"))
+
+    @app.get("/api/v1/counters", response_model=list[CounterOut])
+    def list_counters():
+        return [counter_out(c.id) for c in site.counters]
+
+    @app.get("/api/v1/counters/{counter}", response_model=CounterOut)
+    def get_counter(counter: str):
+        return counter_out(known_counter(counter))
+
+    simple = {
+        "call-next": engine.call_next,
+        "recall": engine.recall,
+        "no-show": engine.no_show,
+        "hold": engine.hold,
+        "finish": engine.finish,
+        "start": engine.start,
+    }
+
+    @app.post("/api/v1/counters/{counter}/call", response_model=ActionOut)
+    def call_ticket(counter: str, body: CallRequest):
+        return act(engine.call(known_counter(counter), body.number, source="api"), counter)
+
+    @app.post("/api/v1/counters/{counter}/transfer", response_model=ActionOut)
+    def transfer(counter: str, body: ServiceRequest):
+        return act(engine.transfer(known_counter(counter), body.service, source="api"), counter)
+
+    @app.post("/api/v1/counters/{counter}/{action}", response_model=ActionOut)
+    def counter_action(counter: str, action: Literal["call-next", "recall", "no-show", "hold", "finish", "start"]):
+        return act(simple[action](known_counter(counter), source="api"), counter)
+
+    @app.get("/api/v1/stats")
+    def stats():
+        return {
+            "handled": dict(central.stats.handled),
+            "rejected": dict(central.stats.rejected),
+            "last_rejection": central.stats.last_rejection,
+            "devices": {k: {"state": v.state, "boot_id": v.boot_id} for k, v in central.devices.items()},
+        }
+
+    @app.get("/api/v1/board")
+    def board():
+        return central.board().model_dump(mode="json", by_alias=True)
+
+    @app.get("/", response_class=HTMLResponse)
+    def overview():
+        return resources.files("central").joinpath("overview.html").read_text(encoding="utf-8")
+
+    return app

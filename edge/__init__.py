@@ -1,0 +1,1 @@
+"""madoguchi's edge daemon: one per Raspberry Pi at a counter, kiosk or lobby."""

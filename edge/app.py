@@ -1,0 +1,243 @@
+"""The edge daemon: build everything in one place, start in order, stop in
+reverse.  One asyncio loop owns all state; the button driver (gpiozero's
+thread), the display page server and the MQTT session (paho) run in their own
+named threads and only hand events to the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+import uuid
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from bus.configfile import ConfigError
+from bus.models import HealthState, Health, Info, PeripheralHealth, PeripheralInfo, Role, utcnow
+from bus.topics import Topics
+from drivers.buttons import ButtonError, ButtonPanel, press
+from drivers.display import Display, DisplayError, HdmiDisplay, LogDisplay
+from edge import config as edge_config
+from edge.config import EdgeConfig
+from edge.counter import CounterRole
+from edge.session import EdgeSession, Received
+
+logger = logging.getLogger(__name__)
+
+HEALTH_EVERY_S = 5.0
+EXIT_CONFIG = 78  # EX_CONFIG
+EXIT_HARDWARE = 69  # EX_UNAVAILABLE: a peripheral could not be opened
+
+BUTTON_LABELS = {
+    "call_next": "次の方 Next",
+    "recall": "再呼出 Recall",
+    "no_show": "不在 No-show",
+    "finish": "完了 Done",
+    "hold": "保留 Hold",
+}
+
+
+def _version() -> str:
+    try:
+        return version("madoguchi")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _local_ip(towards: str, port: int) -> str | None:
+    """The address we reach the broker from (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((towards if towards != "localhost" else "127.0.0.1", port))
+            return s.getsockname()[0]
+    except OSError:
+        return None
+
+
+class EdgeDaemon:
+    """One edge device.  ``pin_factory`` and ``display`` may be given (tests,
+    the benchmark); otherwise they come from the config."""
+
+    def __init__(
+        self,
+        config: EdgeConfig,
+        *,
+        config_hash: str = "0" * 16,
+        pin_factory: Any = None,
+        display: Display | None = None,
+    ) -> None:
+        self.config = config
+        self.config_hash = config_hash
+        self.boot_id = uuid.uuid4().hex[:12]
+        self.topics = Topics(config.device.site)
+        self.started_at = utcnow()
+        self._started_mono = time.monotonic()
+        self._pin_factory = pin_factory
+        self._display = display
+        self.buttons: ButtonPanel | None = None
+        self.display: Display | None = None
+        self.session: EdgeSession | None = None
+        self.role: CounterRole | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._last_health: dict | None = None
+
+    # ------------------------------------------------------------ parts
+    def _make_display(self) -> Display:
+        if self._display is not None:
+            return self._display
+        cfg = self.config.display
+        if cfg.driver == "log":
+            return LogDisplay(self.config.device.id)
+        controls = None
+        if self.config.buttons.driver == "mock":
+            # Simulated GPIO: the page gets on-screen buttons that drive the
+            # mock pins, so the whole debounce → intent path runs as on a Pi.
+            controls = {
+                intent.value: (BUTTON_LABELS[intent.value], self._mock_press_of(pin))
+                for intent, pin in self.config.buttons.pins.items()
+            }
+        return HdmiDisplay(
+            host=cfg.host, port=cfg.port,
+            title_ja=self.config.device.counter_name_ja, title_en=self.config.device.counter_name_en,
+            controls=controls,
+        )
+
+    def _mock_press_of(self, pin):
+        def pressed() -> None:
+            press(self._pin_factory, pin, pull_up=self.config.buttons.pull_up)
+        return pressed
+
+    def _health(self) -> Health:
+        parts: dict[str, PeripheralHealth] = {}
+        for name, part in (("buttons", self.buttons), ("display", self.display)):
+            if part is None:
+                parts[name] = PeripheralHealth(status=HealthState.ABSENT)
+                continue
+            status, reason, message = part.health()
+            parts[name] = PeripheralHealth(status=HealthState(status), reason=reason, message=message)
+        return Health(ts=utcnow(), uptime_s=round(time.monotonic() - self._started_mono, 1), peripherals=parts)
+
+    def _info(self) -> Info:
+        display_driver = self.config.display.driver if self._display is None else type(self._display).__name__
+        return Info(
+            device=self.config.device.id, role=Role(self.config.device.role), counter=self.config.device.counter,
+            version=_version(), config_hash=self.config_hash,
+            peripherals={
+                "buttons": PeripheralInfo(driver=self.config.buttons.driver),
+                "display": PeripheralInfo(driver=display_driver),
+            },
+            ip=_local_ip(self.config.mqtt.host, self.config.mqtt.port), boot_id=self.boot_id, started_at=self.started_at,
+        )
+
+    def _retained(self):
+        return [(self.topics.info(self.config.device.id), self._info()),
+                (self.topics.health(self.config.device.id), self._health())]
+
+    # ------------------------------------------------------------ loop callbacks
+    def _on_message(self, msg: Received) -> None:
+        try:
+            if self.role is not None and self.role.on_message(msg):
+                return
+            logger.warning("%s: unexpected message on %s", self.config.device.id, msg.topic)
+        except Exception:  # one bad message must not stop the daemon
+            logger.exception("%s: failed to handle message on %s", self.config.device.id, msg.topic)
+
+    def _on_press(self, name: str, monotonic: float) -> None:
+        # gpiozero's thread → the loop.
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._pressed_on_loop, name, monotonic)
+
+    def _pressed_on_loop(self, name: str, monotonic: float) -> None:
+        try:
+            if self.role is not None:
+                self.role.on_press(name, monotonic)
+        except Exception:
+            logger.exception("%s: failed to handle the %s button", self.config.device.id, name)
+
+    # ------------------------------------------------------------ run
+    async def run(self) -> int:
+        """Run until :meth:`request_stop` or a signal; the exit code."""
+        self.loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        cfg = self.config
+        try:
+            try:
+                self.display = self._make_display()
+                if cfg.buttons.driver == "mock" and self._pin_factory is None:
+                    from gpiozero.pins.mock import MockFactory
+                    self._pin_factory = MockFactory()
+                self.buttons = ButtonPanel(
+                    {intent.value: pin for intent, pin in cfg.buttons.pins.items()}, self._on_press,
+                    pin_factory=self._pin_factory, debounce_s=cfg.buttons.debounce_ms / 1000, pull_up=cfg.buttons.pull_up,
+                )
+            except (ButtonError, DisplayError, OSError) as exc:
+                logger.error("%s: cannot start peripherals: %s", cfg.device.id, exc)
+                return EXIT_HARDWARE
+            self.session = EdgeSession(
+                self.topics, cfg.device.id, self.boot_id,
+                host=cfg.mqtt.host, port=cfg.mqtt.port, username=cfg.mqtt.username,
+                password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None,
+                keepalive_s=cfg.mqtt.keepalive_s, reconnect_cap_s=cfg.mqtt.reconnect_cap_s,
+                subscriptions=[self.topics.device_commands(cfg.device.id), self.topics.central_status()],
+                retained=self._retained,
+                on_connected=lambda: None, on_disconnected=self._on_disconnected, on_message=self._on_message,
+            )
+            self.role = CounterRole(cfg, self.topics, self.display, self.session, boot_id=self.boot_id)
+            # Peripherals are up: the counter works (and says "connecting")
+            # before the broker is reachable.  Offline-first.
+            self.session.start(self.loop)
+            logger.info("%s: counter %s ready (display %s)", cfg.device.id, cfg.device.counter,
+                        getattr(self.display, "url", cfg.display.driver))
+            while not self._stop.is_set():
+                try:
+                    await asyncio.wait_for(self._stop.wait(), HEALTH_EVERY_S)
+                except TimeoutError:
+                    self._publish_health_if_changed()
+            return 0
+        finally:
+            if self.session is not None:
+                self.session.stop()
+            if self.buttons is not None:
+                self.buttons.close()
+            if self.display is not None and self._display is None:
+                self.display.close()
+
+    def _on_disconnected(self) -> None:
+        if self.role is not None:
+            self.role.on_disconnected()
+
+    def _publish_health_if_changed(self) -> None:
+        if self.session is None or not self.session.connected:
+            return
+        health = self._health()
+        summary = {k: (v.status, v.reason) for k, v in health.peripherals.items()}
+        if summary != self._last_health:
+            self._last_health = summary
+            self.session.publish(self.topics.health(self.config.device.id), health, retain=True)
+
+    def request_stop(self) -> None:
+        """Thread-safe: ask :meth:`run` to finish."""
+        if self.loop is not None and self._stop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._stop.set)
+
+
+def run(config_path: str) -> int:
+    try:
+        config, config_hash = edge_config.load(config_path)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return EXIT_CONFIG
+    daemon = EdgeDaemon(config, config_hash=config_hash)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, daemon.request_stop)
+        return await daemon.run()
+
+    return asyncio.run(main())

@@ -1,0 +1,110 @@
+"""The edge daemon's configuration (one TOML file per Pi).
+
+Reference for every key: docs/configuration.md.  Unknown keys stop start-up
+with a "did you mean" hint; secrets never appear in logs or ``repr``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
+
+from bus.configfile import ConfigError, digest, load_toml
+from bus.models import Intent
+from bus.topics import ID_PATTERN
+
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Pin = int | Annotated[str, StringConstraints(pattern=r"^(GPIO|BOARD|BCM)?[0-9]{1,2}$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceSettings(Strict):
+    id: Id
+    site: Id
+    role: Literal["counter"]  # kiosk and lobby roles: issues #6
+    counter: Id | None = None
+    #: What the display's header says, e.g. "1番窓口" / "Counter 1".
+    counter_name_ja: str = Field(default="", max_length=20)
+    counter_name_en: str = Field(default="", max_length=20)
+
+    @model_validator(mode="after")
+    def _counter(self) -> DeviceSettings:
+        if self.role == "counter" and self.counter is None:
+            raise ValueError("a counter device needs 'counter'")
+        return self
+
+
+class MqttSettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive_s: int = Field(default=10, ge=5, le=300)
+    #: Reconnect back-off: random in [0, min(cap, 1.5 ** attempt)] seconds.
+    reconnect_cap_s: float = Field(default=30.0, ge=1, le=600)
+
+
+class ButtonsSettings(Strict):
+    #: "gpio": real buttons (gpiozero's default pin factory, lgpio on a Pi 5);
+    #: "mock": gpiozero's MockFactory, pressed from the display page (demo, laptop).
+    driver: Literal["gpio", "mock"] = "gpio"
+    #: Intent → pin (BCM numbering, or "GPIO17", "BOARD11").
+    pins: dict[Intent, Pin] = Field(
+        default_factory=lambda: {
+            Intent.CALL_NEXT: 17,
+            Intent.RECALL: 27,
+            Intent.NO_SHOW: 22,
+            Intent.FINISH: 23,
+            Intent.HOLD: 24,
+        }
+    )
+    pull_up: bool = True
+    #: Contact bounce window: edges closer than this are one press.
+    debounce_ms: int = Field(default=50, ge=0, le=1000)
+    #: The same button again within this time is a double press and ignored.
+    repeat_guard_ms: int = Field(default=800, ge=0, le=10000)
+
+    @model_validator(mode="after")
+    def _distinct_pins(self) -> ButtonsSettings:
+        pins = [str(p) for p in self.pins.values()]
+        if len(set(pins)) != len(pins):
+            raise ValueError("two buttons on the same pin")
+        return self
+
+
+class DisplaySettings(Strict):
+    #: "hdmi": a local page for a Chromium kiosk on the counter's screen;
+    #: "log": one line per change in the log (a laptop, a headless test rig).
+    driver: Literal["hdmi", "log"] = "hdmi"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8101, ge=0, le=65535)
+
+
+class CounterSettings(Strict):
+    #: A button press must reach central and be answered within this time, or
+    #: it is dropped and staff are told to press again (never replayed later).
+    intent_timeout_s: float = Field(default=3.0, ge=0.5, le=30)
+
+
+class EdgeConfig(Strict):
+    device: DeviceSettings
+    mqtt: MqttSettings = MqttSettings()
+    buttons: ButtonsSettings = ButtonsSettings()
+    display: DisplaySettings = DisplaySettings()
+    counter: CounterSettings = CounterSettings()
+    state_dir: Path = Path("/var/lib/madoguchi")
+
+
+def load(path: str | Path) -> tuple[EdgeConfig, str]:
+    """Load and validate an edge config; returns it and its hash (for info)."""
+    path = Path(path)
+    config = load_toml(path, EdgeConfig)
+    return config, digest(path.read_bytes())
+
+
+__all__ = ["ConfigError", "EdgeConfig", "load"]

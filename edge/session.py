@@ -1,0 +1,185 @@
+"""The edge daemon's MQTT session (paho-mqtt 2.x, MQTT v5).
+
+* Offline-first: the daemon starts and serves its counter without a broker;
+  this session keeps trying in its own thread and catches up when it can.
+* Reconnects with random capped back-off (``uniform(0, min(cap, 1.5**n))``,
+  as aiomqtt advises) so a hundred Pis don't hit a restarted broker at once.
+* Registers a retained last will ``{"state": "offline", "boot_id": ...}`` and
+  re-publishes the retained birth, info and health on **every** connect: after
+  a broker restart the retained birth may be gone, and the device would
+  otherwise look offline until it rebooted.
+* Runs paho's network loop by hand (``client.loop()``) in a named thread and
+  hands everything that arrives to the asyncio loop; it never touches the
+  daemon's state itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bus import encode
+from bus.models import DeviceState, Message, Status, utcnow
+from bus.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+
+
+def backoff(attempt: int, cap: float) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0-based)."""
+    return random.uniform(0, min(cap, 1.5 ** min(10, attempt)))
+
+
+class EdgeSession:
+    """One device's connection to the broker.
+
+    Callbacks run on the asyncio loop given to :meth:`start`:
+    ``on_connected()``, ``on_disconnected()``, ``on_message(Received)``.
+    ``retained()`` returns the (topic, message) pairs published retained on
+    every connect after the birth (info, health).
+    """
+
+    def __init__(
+        self,
+        topics: Topics,
+        device: str,
+        boot_id: str,
+        *,
+        host: str,
+        port: int,
+        username: str | None = None,
+        password: str | None = None,
+        keepalive_s: int = 10,
+        reconnect_cap_s: float = 30.0,
+        subscriptions: list[str],
+        retained: Callable[[], list[tuple[str, Message]]],
+        on_connected: Callable[[], None],
+        on_disconnected: Callable[[], None],
+        on_message: Callable[[Received], None],
+    ) -> None:
+        self.topics = topics
+        self.device = device
+        self.boot_id = boot_id
+        self.host, self.port = host, port
+        self.keepalive_s = keepalive_s
+        self.reconnect_cap_s = reconnect_cap_s
+        self._subscriptions = subscriptions
+        self._retained = retained
+        self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+        self._on_message = on_message
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = False
+        self.connects = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
+        if username:
+            self.client.username_pw_set(username, password)
+        will = Status(state=DeviceState.OFFLINE, boot_id=boot_id)
+        self.client.will_set(topics.status(device), encode(will), qos=1, retain=True)
+        self.client.on_connect = self._connected
+        self.client.on_disconnect = self._disconnected
+        self.client.on_message = self._message
+
+    # ------------------------------------------------------------ paho thread
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                self.client.connect(self.host, self.port, self.keepalive_s, clean_start=True)
+            except (OSError, mqtt.WebsocketConnectionError) as exc:
+                delay = backoff(attempt, self.reconnect_cap_s)
+                level = logging.INFO if attempt == 0 else logging.DEBUG
+                logger.log(level, "%s: broker %s:%d unreachable (%s); retry in %.1f s", self.device, self.host, self.port, exc, delay)
+                attempt += 1
+                self._stop.wait(delay)
+                continue
+            while not self._stop.is_set():
+                rc = self.client.loop(timeout=0.5)
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            if self.connected:
+                attempt = 0
+            if not self._stop.is_set():
+                delay = backoff(attempt, self.reconnect_cap_s)
+                attempt += 1
+                self._stop.wait(delay)
+        self.client.loop(timeout=0.1)  # flush the goodbye
+
+    def _connected(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            logger.error("%s: broker refused the connection: %s", self.device, reason_code)
+            return
+        self.connected = True
+        self.connects += 1
+        birth = Status(state=DeviceState.ONLINE, boot_id=self.boot_id, since=utcnow())
+        client.publish(self.topics.status(self.device), encode(birth), qos=1, retain=True)
+        client.subscribe([(topic, 1) for topic in self._subscriptions])
+        logger.info("%s: connected to %s:%d", self.device, self.host, self.port)
+        self._hand_over(self._after_connect)
+
+    def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self.connected
+        self.connected = False
+        if was:
+            logger.warning("%s: lost the broker (%s); reconnecting", self.device, reason_code)
+            self._hand_over(self._on_disconnected)
+
+    def _message(self, client, userdata, msg) -> None:
+        self._hand_over(self._on_message, Received(msg.topic, bytes(msg.payload)))
+
+    def _hand_over(self, fn, *args) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(fn, *args)
+
+    # ------------------------------------------------------------ loop side
+    def _after_connect(self) -> None:
+        for topic, message in self._retained():
+            self.publish(topic, message, retain=True)
+        self._on_connected()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-{self.device}", daemon=True)
+        self._thread.start()
+
+    def publish(self, topic: str, message: Message, *, qos: int = 1, retain: bool = False, expiry_s: float | None = None) -> bool:
+        """Queue ``message``; False if not connected (nothing is queued then)."""
+        if not self.connected:
+            return False
+        props = None
+        if expiry_s is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = max(1, round(expiry_s))
+        info = self.client.publish(topic, encode(message), qos=qos, retain=retain, properties=props)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Publish a clean offline status, disconnect and join the thread."""
+        if self._thread is None:
+            return
+        if self.connected:
+            bye = Status(state=DeviceState.OFFLINE, boot_id=self.boot_id, since=utcnow())
+            self.client.publish(self.topics.status(self.device), encode(bye), qos=1, retain=True)
+            self.client.disconnect()
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("%s: MQTT thread did not stop within %.1f s", self.device, timeout)
+        self._thread = None
