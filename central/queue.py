@@ -283,20 +283,22 @@ class QueueEngine:
         out.ticket = ticket["number"]
         out.calls.append(Call(ticket["number"], counter, stop["service"], now))
 
-    def _callable_query(self, services: Iterable[str]) -> tuple[str, list]:
+    def _callable_query(self, services: Iterable[str], day: str) -> tuple[str, list]:
         services = list(services)
         marks = ",".join("?" * len(services))
         sql = (
             "SELECT s.* FROM stops s JOIN tickets t ON t.id = s.ticket_id"
             f" WHERE s.state='waiting' AND s.service IN ({marks}) AND t.state='active'"
+            # Numbers restart every day: a ticket left over from yesterday is not called today.
+            " AND t.day=?"
             " AND NOT EXISTS (SELECT 1 FROM stops e WHERE e.ticket_id=s.ticket_id"
             "                 AND e.state IN ('called', 'serving'))"
             " ORDER BY s.place, s.position, s.id"
         )
-        return sql, services
+        return sql, [*services, day]
 
-    def _callable(self, db, services: Iterable[str]):
-        sql, args = self._callable_query(services)
+    def _callable(self, db, services: Iterable[str], day: str):
+        sql, args = self._callable_query(services, day)
         for stop in db.execute(sql, args):
             if self._precedence_met(db, stop):
                 yield stop
@@ -432,7 +434,7 @@ class QueueEngine:
                 return Outcome(ja="処理済みです", en="already handled")
             self._release_away(db, now)
             self._end_current(db, counter, now, source, out)
-            stop = next(self._callable(db, c.services), None)
+            stop = next(self._callable(db, c.services, self.today(now)), None)
             if stop is None:
                 out.counters.add(counter)
                 out.ja, out.en = "お待ちの方はいません", "No one is waiting"
@@ -460,18 +462,20 @@ class QueueEngine:
                     f"number {number} is engaged at {name.name_en}",
                 )
             marks = ",".join("?" * len(c.services))
-            stop = db.execute(
+            stops = db.execute(
                 f"SELECT * FROM stops WHERE ticket_id=? AND service IN ({marks})"
-                " AND state IN ('waiting', 'held', 'away') ORDER BY position LIMIT 1",
+                " AND state IN ('waiting', 'held', 'away') ORDER BY position",
                 (ticket["id"], *c.services),
-            ).fetchone()
-            if stop is None:
+            ).fetchall()
+            if not stops:
                 raise QueueError(
                     "not_found",
                     f"{number}番はこの窓口の手続がありません",
                     f"number {number} has nothing to do at this counter",
                 )
-            if not self._precedence_met(db, stop):
+            # The first stop here whose precedence is met (another one here may still wait for it).
+            stop = next((s for s in stops if self._precedence_met(db, s)), None)
+            if stop is None:
                 raise QueueError(
                     "precedence",
                     f"{number}番は先に他の窓口の手続があります",
@@ -677,7 +681,7 @@ class QueueEngine:
         if stop is not None:
             number = self._ticket_row(db, stop["ticket_id"])["number"]
             view = next(s for s in self._ticket_view(db, self._ticket_row(db, stop["ticket_id"])).stops if s.id == stop["id"])
-        waiting = sum(1 for _ in self._callable(db, c.services))
+        waiting = sum(1 for _ in self._callable(db, c.services, self.today()))
         return CounterView(id=counter, stop=view, ticket=number, waiting=waiting)
 
     def waiting_by_service(self) -> dict[str, int]:

@@ -58,7 +58,7 @@ _CLIENT_TIMEOUT_S = 10.0
 # How long close() waits for the server thread, in seconds.
 _JOIN_S = 5.0
 # EventSource reconnect delay we ask the page for, in milliseconds.
-_RETRY_MS = 2000
+_RETRY_MS = 1000
 
 _PLACEHOLDER = "__MADOGUCHI_CONFIG__"
 

@@ -128,7 +128,7 @@ def test_page_reconnects_after_the_server_comes_back(page):
         expect(page.locator("#number")).to_have_text("7", timeout=1000)
     finally:
         display.close()
-    # The edge restarts on the same port; the page's EventSource retries every 2 s.
+    # The edge restarts on the same port; the page's EventSource retries every second.
     with HdmiDisplay(port=port) as again:
         again.show(calling(8))
         expect(page.locator("#number")).to_have_text("8", timeout=5000)

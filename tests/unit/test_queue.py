@@ -13,9 +13,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from bus.configfile import load_toml
 from central.config import QueueSettings, Site
@@ -655,6 +655,11 @@ class QueueMachine(RuleBasedStateMachine):
         return self.rows()
 
     # -- rules ------------------------------------------------------------------
+    @initialize(batch=st.lists(st.lists(st.sampled_from(PROCEDURES), min_size=1, max_size=3), min_size=0, max_size=8))
+    def morning_queue(self, batch):
+        for procedures in batch:
+            self.engine.issue(procedures)
+
     @rule(procedures=st.lists(st.sampled_from(PROCEDURES), min_size=1, max_size=4))
     def issue(self, procedures):
         t = self.engine.issue(procedures)
@@ -665,6 +670,7 @@ class QueueMachine(RuleBasedStateMachine):
         candidates = self.callable_at(counter)
         out = self.engine.call_next(counter)
         chosen = self.current(counter)
+        event(f"call_next among {min(len(candidates), 3)}{'+' if len(candidates) >= 3 else ''} callable")
         if not candidates:
             assert out.calls == [] and chosen is None
             return
@@ -679,6 +685,7 @@ class QueueMachine(RuleBasedStateMachine):
         try:
             out = self.engine.call(counter, number)
         except QueueError as err:
+            event(f"call refused: {err.code}")
             assert err.code in {"not_found", "conflict", "precedence"}, err
             assert self.snapshot() == before, "a refused call changed the state"
             return
@@ -691,6 +698,7 @@ class QueueMachine(RuleBasedStateMachine):
         try:
             getattr(self.engine, action)(counter)
         except QueueError as err:
+            event(f"{action} refused: {err.code}")
             assert self.snapshot() == before, "a refused action changed the state"
             if err.code == "empty":
                 assert not busy
@@ -699,7 +707,8 @@ class QueueMachine(RuleBasedStateMachine):
             return
         assert busy, f"{action} succeeded on an empty counter"
 
-    @rule(seconds=st.sampled_from([1, 30, 119, 120, 121, 600, 12 * 3600]))
+    # Mostly within the no-show grace (120 s) and around it; now and then to the next day.
+    @rule(seconds=st.sampled_from([1, 10, 30, 60, 90, 119, 120, 121, 200, 300, 600, 12 * 3600]))
     def advance(self, seconds):
         self.clock.advance(seconds)
 

@@ -1,0 +1,52 @@
+"""Session-wide real parts: one Mosquitto on a free loopback port."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.procs import Broker, CentralProcess, central_toml, free_port
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    b = Broker(tmp_path_factory.mktemp("mosquitto")).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def central_factory(tmp_path, broker):
+    """Start real central processes on ``broker``; all are stopped at the end."""
+    started: list[CentralProcess] = []
+
+    def start(*, site=None, database=None, extra: str = "", broker_port: int | None = None) -> CentralProcess:
+        kwargs = {"site": site} if site else {}
+        http_port = free_port()
+        name = f"central{len(started)}"
+        config = central_toml(tmp_path / name, broker_port or broker.port, http_port, database=database, extra=extra, **kwargs)
+        proc = CentralProcess(config, http_port, tmp_path / f"{name}.log")
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def edges(broker):
+    """Start in-process edge daemons (MockFactory buttons, FakeDisplay)."""
+    from tests.support.edges import RunningEdge, edge_config
+
+    running = []
+
+    def start(device: str, counter: str, *, broker_port: int | None = None, extra: str = "", wait: bool = True):
+        edge = RunningEdge(edge_config(device, counter, broker_port or broker.port, extra=extra)).start()
+        running.append(edge)
+        if wait:
+            edge.wait_connected()
+        return edge
+
+    yield start
+    for edge in running:
+        edge.stop()

@@ -1,0 +1,170 @@
+"""Real processes for tests and benchmarks: Mosquitto and central."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SITE_TOML = REPO / "config" / "site.toml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if not found:
+        raise RuntimeError("mosquitto is not installed: apt-get install -y mosquitto (the ./dev script does this)")
+    return found
+
+
+@dataclass
+class Broker:
+    """A private Mosquitto on a loopback port."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "Broker":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\n"
+        )
+        self.log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=self.log, stderr=self.log)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def central_toml(workdir: Path, broker_port: int, http_port: int, *, site: Path = SITE_TOML, database: Path | None = None, extra: str = "") -> Path:
+    """A central.toml for a test.  Each gets its own MQTT client id, so the
+    persistent session of one test's central never feeds another's."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "central.toml"
+    path.write_text(
+        "[central]\n"
+        f'site_file = "{site}"\n'
+        f'database = "{database or workdir / "central.db"}"\n'
+        "[mqtt]\n"
+        f"port = {broker_port}\n"
+        f'client_id = "central-{os.urandom(4).hex()}"\n'
+        "keepalive_s = 5\n"
+        "[http]\n"
+        f"port = {http_port}\n" + extra
+    )
+    return path
+
+
+@dataclass
+class CentralProcess:
+    """``madoguchi central`` as a real child process."""
+
+    config: Path
+    http_port: int
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, *, wait_mqtt: bool = True) -> "CentralProcess":
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bus.cli", "central", "--config", str(self.config)],
+            stdout=self.log, stderr=self.log, cwd=REPO,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"central exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                health = self.get("/healthz")
+                if not wait_mqtt or health["mqtt"] == "connected":
+                    return self
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"central did not come up:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+                self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    # tiny HTTP client --------------------------------------------------------
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    def get(self, path: str):
+        status, body = self.request("GET", path)
+        assert status == 200, (status, body)
+        return body
+
+    def post(self, path: str, body: dict | None = None):
+        status, data = self.request("POST", path, body if body is not None else {})
+        assert status in (200, 201), (status, data)
+        return data
+
+    def issue(self, *procedures: str) -> dict:
+        return self.post("/api/v1/tickets", {"procedures": list(procedures)})
