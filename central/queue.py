@@ -91,6 +91,8 @@ class Outcome:
     ticket: int | None = None
     ja: str = ""
     en: str = ""
+    #: The event was seen before and nothing was done this time.
+    duplicate: bool = False
 
 
 @dataclass(frozen=True)
@@ -431,7 +433,7 @@ class QueueEngine:
         out = Outcome()
         with self.store.transaction() as db:
             if not self._first_time(db, event_id, device, now):
-                return Outcome(ja="処理済みです", en="already handled")
+                return Outcome(counters={counter}, duplicate=True)
             self._release_away(db, now)
             self._end_current(db, counter, now, source, out)
             stop = next(self._callable(db, c.services, self.today(now)), None)
@@ -499,7 +501,7 @@ class QueueEngine:
         out = Outcome()
         with self.store.transaction() as db:
             if not self._first_time(db, event_id, device, now):
-                return Outcome(ja="処理済みです", en="already handled")
+                return Outcome(counters={counter}, duplicate=True)
             stop = self._require_current(db, counter)
             if stop["state"] != StopState.CALLED.value:
                 raise QueueError("conflict", "対応中のため再呼出できません", "already being served; no recall")
@@ -535,7 +537,7 @@ class QueueEngine:
         out = Outcome()
         with self.store.transaction() as db:
             if not self._first_time(db, event_id, device, now):
-                return Outcome(ja="処理済みです", en="already handled")
+                return Outcome(counters={counter}, duplicate=True)
             stop = self._require_current(db, counter)
             no_shows = stop["no_shows"] + 1
             ticket = self._ticket_row(db, stop["ticket_id"])
@@ -566,7 +568,7 @@ class QueueEngine:
         out = Outcome()
         with self.store.transaction() as db:
             if not self._first_time(db, event_id, device, now):
-                return Outcome(ja="処理済みです", en="already handled")
+                return Outcome(counters={counter}, duplicate=True)
             stop = self._require_current(db, counter)
             db.execute("UPDATE stops SET state='held' WHERE id=?", (stop["id"],))
             self._set_counter(db, counter, None, now)
@@ -584,7 +586,7 @@ class QueueEngine:
         out = Outcome()
         with self.store.transaction() as db:
             if not self._first_time(db, event_id, device, now):
-                return Outcome(ja="処理済みです", en="already handled")
+                return Outcome(counters={counter}, duplicate=True)
             stop = self._require_current(db, counter)
             self._finish_stop(db, stop, counter, now, source, out)
             out.ticket = self._ticket_row(db, stop["ticket_id"])["number"]

@@ -144,10 +144,11 @@ class Central:
         now = utcnow()
         if event.expires_at <= now:
             # A press that arrives after its deadline must not call anyone now.
-            self.stats.rejected["expired"] += 1
-            logger.info(
-                "%s: dropped %s pressed at %s (expired %.1f s ago)",
-                device.id, event.intent.value, event.ts.isoformat(), (now - event.expires_at).total_seconds(),
+            self.reject(
+                "expired",
+                self.topics.event(device.id, "intent"),
+                f"{event.intent.value} pressed at {event.ts.isoformat()} expired "
+                f"{(now - event.expires_at).total_seconds():.1f} s ago",
             )
             return
         action = {
@@ -163,7 +164,12 @@ class Central:
             self.stats.handled["intent_refused"] += 1
             self.push_display(device.counter, in_reply_to=event.event_id, ja=exc.ja, en=exc.en)
             return
-        self.stats.handled[f"intent_{event.intent.value}"] += 1
+        if outcome.duplicate:
+            # Delivered twice (QoS 1): answer again so the counter stops
+            # waiting, but change nothing.
+            self.stats.handled["duplicate"] += 1
+        else:
+            self.stats.handled[f"intent_{event.intent.value}"] += 1
         self.apply(outcome, origin=device.counter, in_reply_to=event.event_id)
 
     # ---------------------------------------------------------------- bus out
