@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import uuid
 from dataclasses import dataclass
 from typing import Callable
@@ -89,6 +90,10 @@ class CentralLink:
         if reason_code.is_failure:
             logger.warning("central: broker refused connection: %s", reason_code)
             return
+        sock = client.socket()
+        if sock is not None and hasattr(sock, "setsockopt"):
+            # paho leaves Nagle on; with delayed ACKs every QoS 1 hop would wait ~40 ms.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connected = True
         logger.info("central: connected to %s:%d (session present: %s)", self.host, self.port, flags.session_present)
         subs = [

@@ -1,0 +1,317 @@
+"""``madoguchi demo``: a simulated office on this machine.
+
+Starts a private Mosquitto on a loopback port, central on a fresh SQLite
+file, and three counter daemons whose GPIO is simulated (gpiozero's
+MockFactory), each serving its counter display page.  Then it plays a short
+scripted morning — tickets issued, staff buttons pressed — narrating in the
+terminal what every counter display shows, and keeps running until Ctrl-C so
+you can press the buttons yourself on the display pages.
+
+Everything runs as real processes talking over the real bus; the script
+only does what a kiosk (HTTP API) and a finger (the on-screen buttons of a
+mock-GPIO counter) would do.  This module imports no edge code: the counters
+are ``madoguchi edge`` child processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_SITE = Path(__file__).resolve().parents[1] / "config" / "site.toml"
+COUNTERS = (("1", "counter-1", "1番窓口", "Counter 1"), ("2", "counter-2", "2番窓口", "Counter 2"), ("3", "counter-3", "3番窓口", "Counter 3"))
+GUARD_S = 0.9  # a little over the counters' double-press guard (800 ms)
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def demo_command(sub) -> None:
+    p = sub.add_parser("demo", help="run a simulated office on this machine (broker, central, 3 counters)")
+    p.add_argument("--speed", type=float, default=1.0, help="pause factor between script steps (0 = as fast as allowed)")
+    p.add_argument("--http-port", type=int, default=8080, help="central's port if free (default: %(default)s)")
+    p.add_argument("--display-port", type=int, default=8101, help="first counter display port if free (default: %(default)s)")
+    p.add_argument("--site", type=Path, default=REPO_SITE, help="site file (default: the sample site in config/)")
+    p.add_argument("--exit-after-script", action="store_true", help="stop after the scripted morning (for tests)")
+    p.add_argument("--keep", action="store_true", help="keep the working folder (logs, database) at exit")
+    p.set_defaults(func=_run)
+
+
+def _port(preferred: int) -> int:
+    for candidate in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise DemoError("no free port")
+
+
+def _http(method: str, url: str, body: dict | None = None, timeout: float = 5.0):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        raw = resp.read()
+        return json.loads(raw) if raw else None
+
+
+def _wait(check, what: str, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            last_error = exc
+        time.sleep(0.1)
+    raise DemoError(f"{what}: not ready after {timeout:.0f} s ({last_error})")
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+
+class Office:
+    """The processes of the simulated office."""
+
+    def __init__(self, args, workdir: Path) -> None:
+        self.args = args
+        self.work = workdir
+        self.children: list[Child] = []
+        self.broker_port = _port(0)
+        self.http_port = _port(args.http_port)
+        self.displays: dict[str, int] = {}
+        self.last_press: dict[tuple[str, str], float] = {}
+
+    @property
+    def central(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _spawn(self, name: str, argv: list[str]) -> Child:
+        log = self.work / f"{name}.log"
+        handle = open(log, "ab")
+        proc = subprocess.Popen(argv, stdout=handle, stderr=handle, stdin=subprocess.DEVNULL, start_new_session=True)
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def start(self) -> None:
+        mosquitto = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+        if mosquitto is None:
+            raise DemoError("mosquitto is not installed (sudo apt-get install -y mosquitto; ./dev demo does it for you)")
+        if not self.args.site.exists():
+            raise DemoError(f"site file {self.args.site} not found (use --site FILE)")
+        conf = self.work / "mosquitto.conf"
+        conf.write_text(
+            f"# private broker of the demo: loopback only, no auth (development only)\n"
+            f"listener {self.broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "set_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+        )
+        self._spawn("mosquitto", [mosquitto, "-c", str(conf)])
+        _wait(lambda: socket.create_connection(("127.0.0.1", self.broker_port), timeout=0.2).close() or True, "mosquitto")
+
+        central_toml = self.work / "central.toml"
+        central_toml.write_text(
+            f'[central]\nsite_file = "{self.args.site.resolve()}"\ndatabase = "{self.work / "central.db"}"\n'
+            f"[mqtt]\nport = {self.broker_port}\n[http]\nport = {self.http_port}\n"
+            "[queue]\nno_show_grace_s = 60\n",
+            encoding="utf-8",
+        )
+        self._spawn("central", [sys.executable, "-m", "bus.cli", "central", "--config", str(central_toml)])
+        _wait(lambda: _http("GET", f"{self.central}/healthz")["mqtt"] == "connected", "central")
+
+        port = self.args.display_port
+        for counter, device, name_ja, name_en in COUNTERS:
+            display_port = _port(port)
+            port = display_port + 1
+            self.displays[counter] = display_port
+            config = self.work / f"{device}.toml"
+            config.write_text(
+                f'state_dir = "{self.work}"\n'
+                f'[device]\nid = "{device}"\nsite = "midori"\nrole = "counter"\ncounter = "{counter}"\n'
+                f'counter_name_ja = "{name_ja}"\ncounter_name_en = "{name_en}"\n'
+                f"[mqtt]\nport = {self.broker_port}\n"
+                '[buttons]\ndriver = "mock"\n'
+                f'[display]\ndriver = "hdmi"\nport = {display_port}\n',
+                encoding="utf-8",
+            )
+            self._spawn(device, [sys.executable, "-m", "bus.cli", "edge", "--config", str(config)])
+        for counter, device, *_ in COUNTERS:
+            _wait(lambda: self.display(counter) is not None and self._online(device), f"{device}")
+
+    def _online(self, device: str) -> bool:
+        return _http("GET", f"{self.central}/api/v1/stats")["devices"][device]["state"] == "online"
+
+    def display(self, counter: str) -> dict | None:
+        return _http("GET", f"http://127.0.0.1:{self.displays[counter]}/state")["screen"]
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            if child.proc.poll() is not None:
+                tail = child.log.read_text(errors="replace")[-1500:]
+                raise DemoError(f"{child.name} exited with {child.proc.returncode}; its log ends:\n{tail}")
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        for child in reversed(self.children):
+            try:
+                child.proc.wait(8)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+
+    # ---------------------------------------------------------------- actors
+    def issue(self, *procedures: str) -> int:
+        ticket = _http("POST", f"{self.central}/api/v1/tickets", {"procedures": list(procedures)})
+        route = " → ".join(s["name_ja"] for s in ticket["stops"])
+        say(f"🎫 発券 {ticket['number']:>3}番  {route}", f"ticket {ticket['number']}: " + " → ".join(s["name_en"] for s in ticket["stops"]))
+        return ticket["number"]
+
+    def press(self, counter: str, intent: str, expect: int | None | str = "any") -> dict:
+        """Press a counter's button (its mock GPIO pin) and wait for the display."""
+        key = (counter, intent)
+        wait = self.last_press.get(key, 0) + GUARD_S - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        before = _http("GET", f"http://127.0.0.1:{self.displays[counter]}/state")["version"]
+        self.last_press[key] = time.monotonic()
+        _http("POST", f"http://127.0.0.1:{self.displays[counter]}/press/{intent}")
+        label = {"call_next": "次の方", "recall": "再呼出", "no_show": "不在", "finish": "完了", "hold": "保留"}[intent]
+
+        def answered():
+            state = _http("GET", f"http://127.0.0.1:{self.displays[counter]}/state")
+            return state if state["version"] > before and not state["screen"]["text_ja"].startswith("接続") else None
+
+        screen = _wait(answered, f"display of counter {counter}", timeout=6)["screen"]
+        shown = f"{screen['number']}番 {screen['service_ja']}" if screen["number"] else "—"
+        say(f"🔘 {counter}番窓口 [{label}] → 表示: {shown}  {screen['text_ja']}", f"counter {counter} [{intent}] → shows {screen['number'] or '-'} {screen['text_en']}")
+        if expect != "any" and screen["number"] != expect:
+            raise DemoError(f"counter {counter} shows {screen['number']}, expected {expect}")
+        return screen
+
+    def pause(self, seconds: float) -> None:
+        time.sleep(seconds * self.args.speed)
+        self.check_alive()
+
+
+def say(ja: str, en: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')}  {ja}\n{'':10}{en}", flush=True)
+
+
+def morning(office: Office) -> None:
+    """The scripted morning.  Each press checks what the display shows."""
+    say("── 8:30 開庁。来庁者が発券機で手続を選びます ──", "-- 8:30, doors open. Visitors pick their procedures at the kiosk --")
+    family = office.issue("tennyu", "kokuho-kanyu", "jidoteate")  # moved in: 3 counters on one ticket
+    cert = office.issue("juminhyo")
+    mover = office.issue("tenkyo", "nenkin-henko")
+    office.pause(2)
+    say("── 1番窓口が呼び出します。3番窓口も証明書の方を呼びます ──", "-- Counter 1 calls; counter 3 calls for certificates --")
+    office.press("1", "call_next", expect=family)
+    office.pause(1.5)
+    office.press("3", "call_next", expect=cert)  # the family is busy at counter 1: not callable here
+    office.pause(1.5)
+    say("── 2番窓口: 国保は住民異動の後。まだ呼べる方はいません ──", "-- Counter 2: health insurance comes after the address change; nobody callable yet --")
+    office.press("2", "call_next", expect=None)
+    office.pause(2)
+    late = office.issue("kokuho-kanyu")  # arrives later, for counter 2 only
+    office.pause(1)
+    office.press("2", "call_next", expect=late)
+    office.pause(1.5)
+    say("── 1番窓口の手続が終わり、同じ整理券のまま次の窓口へ ──", "-- Counter 1 is done; the same ticket moves on, keeping its place --")
+    office.press("1", "finish", expect=None)
+    office.pause(1)
+    office.press("3", "finish", expect=None)
+    office.pause(1)
+    office.press("3", "call_next", expect=family)  # the family, ahead of anyone issued later
+    office.pause(1.5)
+    office.press("1", "call_next", expect=mover)
+    office.pause(1.5)
+    say("── 再呼出と不在 ──", "-- Recall and no-show --")
+    office.press("1", "recall", expect=mover)
+    office.pause(1.5)
+    office.press("1", "no_show", expect=None)
+    office.pause(1.5)
+    office.press("2", "finish", expect=None)
+    office.pause(1)
+    office.press("2", "call_next", expect=None)  # family is at counter 3
+    office.pause(1.5)
+    office.press("3", "finish", expect=None)
+    office.pause(1)
+    office.press("2", "call_next", expect=family)
+    office.pause(1.5)
+    office.press("2", "hold", expect=None)  # the family fills in a form
+    office.pause(1)
+    _http("POST", f"{office.central}/api/v1/counters/2/call", {"number": family})
+    say(f"📋 2番窓口: 保留の {family}番を番号で呼び戻し", f"counter 2 calls held number {family} back")
+    office.pause(1.5)
+    office.press("2", "finish", expect=None)
+    ticket = _http("GET", f"{office.central}/api/v1/tickets/{family}")
+    say(f"✅ {family}番: " + " → ".join(f"{s['name_ja']}({s['counter']})" for s in ticket["stops"]) + f" — {ticket['state']}",
+        f"number {family} finished all {len(ticket['stops'])} counters on one ticket")
+    if ticket["state"] != "done":
+        raise DemoError(f"ticket {family} should be done, is {ticket['state']}")
+
+
+def _run(args) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="madoguchi-demo-"))
+    office = Office(args, workdir)
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print("madoguchi デモ / demo — 起動中 starting…", flush=True)
+        office.start()
+        print(
+            "\n  窓口の状況 overview   " + office.central + "/\n"
+            + "".join(f"  {n}番窓口の表示 display  http://127.0.0.1:{office.displays[n]}/\n" for n, *_ in COUNTERS)
+            + "  API (OpenAPI)        " + office.central + "/docs\n"
+            + f"  作業フォルダ logs      {workdir}\n",
+            flush=True,
+        )
+        morning(office)
+        if args.exit_after_script:
+            say("デモの台本が終わりました", "demo script finished")
+            return 0
+        print(
+            "\nデモは動き続けます。表示ページのボタンを押してみてください。Ctrl-C で終了します。\n"
+            "The office keeps running: press the buttons on the display pages. Ctrl-C to stop.",
+            flush=True,
+        )
+        while True:
+            office.pause(1 / max(args.speed, 1e-3))
+    except KeyboardInterrupt:
+        print("\n終了します / stopping…", flush=True)
+        return 0
+    except (DemoError, urllib.error.URLError, OSError) as exc:
+        print(f"デモが失敗しました / demo failed: {exc}\nlogs: {workdir}", file=sys.stderr, flush=True)
+        args.keep = True
+        return 1
+    finally:
+        office.stop()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
