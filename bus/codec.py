@@ -49,7 +49,7 @@ def decode(model: type[M], payload: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES
     if not isinstance(data, dict):
         raise PayloadError("not_object", f"expected a JSON object, got {type(data).__name__}")
     version = data.get("schema")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # true == 1 and 1.0 == 1 in Python
         raise PayloadError(
             "schema_version", f"schema {version!r} is not supported (this side speaks {SCHEMA_VERSION})"
         )

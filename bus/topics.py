@@ -35,7 +35,7 @@ class TopicError(ValueError):
 
 
 def check_id(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise TopicError(f"{what} {value!r} is not a valid id (expected {ID_PATTERN})")
     return value
 

@@ -41,7 +41,7 @@ async def serve(loaded: central_config.Loaded, *, database: Path | None = None, 
         central: Central
 
         def on_message(msg: Incoming) -> None:
-            central.handle(msg.topic, msg.payload, retained=msg.retain)
+            central.handle(msg.topic, msg.payload)
 
         def on_connected() -> None:
             central.resync()
@@ -58,7 +58,7 @@ async def serve(loaded: central_config.Loaded, *, database: Path | None = None, 
             on_connected=on_connected,
         )
         central = Central(engine, site, cfg.queue, link)
-        app = create_app(central, mqtt_connected=lambda: link.connected)
+        app = create_app(central, mqtt_connected=lambda: link.connected, config_hash=loaded.config_hash)
         port = cfg.http.port if http_port is None else http_port
         server = uvicorn.Server(
             uvicorn.Config(app, host=cfg.http.host, port=port, log_level="warning", lifespan="off", access_log=False)

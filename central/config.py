@@ -120,9 +120,14 @@ class Site(Strict):
             problems += [f"counter {c.id}: unknown service {s!r}" for s in c.services if s not in services]
         for p in self.procedures:
             problems += [f"procedure {p.id}: unknown service {s!r}" for s in p.services if s not in services]
+        owner: dict[str, str] = {}
         for d in self.devices:
             if d.counter is not None and d.counter not in counters:
                 problems.append(f"device {d.id}: unknown counter {d.counter!r}")
+            elif d.counter is not None and d.counter in owner:
+                problems.append(f"devices {owner[d.counter]} and {d.id} are both on counter {d.counter} (one Pi per counter)")
+            elif d.counter is not None:
+                owner[d.counter] = d.id
         served = {s for c in self.counters for s in c.services}
         problems += [f"service {s.id}: no counter serves it" for s in self.services if s.id not in served]
         cycle = _find_cycle({s.id: s.after for s in self.services})

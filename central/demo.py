@@ -145,7 +145,6 @@ class Office:
             self.displays[counter] = display_port
             config = self.work / f"{device}.toml"
             config.write_text(
-                f'state_dir = "{self.work}"\n'
                 f'[device]\nid = "{device}"\nsite = "midori"\nrole = "counter"\ncounter = "{counter}"\n'
                 f'counter_name_ja = "{name_ja}"\ncounter_name_en = "{name_en}"\n'
                 f"[mqtt]\nport = {self.broker_port}\n"

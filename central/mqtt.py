@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import uuid
 from dataclasses import dataclass
@@ -132,7 +133,7 @@ class CentralLink:
         props = None
         if expiry_s is not None:
             props = Properties(PacketTypes.PUBLISH)
-            props.MessageExpiryInterval = max(1, int(expiry_s))
+            props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
         self.client.publish(topic, encode(message), qos=qos, retain=retain, properties=props)
 
     def stop(self) -> None:

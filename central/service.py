@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -67,6 +68,7 @@ class Central:
         self.stats = Stats()
         self.devices: dict[str, DeviceSeen] = {d.id: DeviceSeen() for d in site.devices}
         self._listeners: list = []
+        self._pruned_at = float("-inf")
 
     # ---------------------------------------------------------------- listeners
     def subscribe(self, callback) -> None:
@@ -86,7 +88,7 @@ class Central:
         self.stats.last_rejection = f"{reason}: {detail}"[:300]
         logger.warning("rejected message on %s: %s: %s", topic[:200], reason, detail[:300])
 
-    def handle(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+    def handle(self, topic: str, payload: bytes) -> None:
         """Handle one MQTT message.  Never raises for bad input."""
         try:
             parts = parse(topic)
@@ -249,7 +251,14 @@ class Central:
         self.publish_board()
 
     def tick(self) -> None:
-        """Periodic work: bring back no-show tickets whose grace has passed."""
+        """Periodic work: bring back no-show tickets whose grace has passed;
+        once an hour forget event ids older than two days."""
+        now = time.monotonic()
+        if now - self._pruned_at > 3600:
+            self._pruned_at = now
+            pruned = self.engine.prune_seen()
+            if pruned:
+                logger.info("forgot %d event ids older than two days", pruned)
         if self.engine.release_due():
             for counter in self.site.counters:
                 self.push_display(counter.id)

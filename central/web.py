@@ -84,7 +84,7 @@ class ActionOut(BaseModel):
     message_en: str
 
 
-def create_app(central: Central, *, mqtt_connected=lambda: False) -> FastAPI:
+def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: str = "") -> FastAPI:
     site = central.site
     engine = central.engine
     app = FastAPI(
@@ -142,7 +142,12 @@ def create_app(central: Central, *, mqtt_connected=lambda: False) -> FastAPI:
 
     @app.get("/healthz")
     def healthz():
-        return {"status": "ok", "mqtt": "connected" if mqtt_connected() else "disconnected", "site": site.site.id}
+        return {
+            "status": "ok",
+            "mqtt": "connected" if mqtt_connected() else "disconnected",
+            "site": site.site.id,
+            "config_hash": config_hash,
+        }
 
     @app.get("/api/v1/site")
     def get_site():

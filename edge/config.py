@@ -71,7 +71,7 @@ class ButtonsSettings(Strict):
 
     @model_validator(mode="after")
     def _distinct_pins(self) -> ButtonsSettings:
-        pins = [str(p) for p in self.pins.values()]
+        pins = [str(p).removeprefix("GPIO").removeprefix("BCM") for p in self.pins.values()]
         if len(set(pins)) != len(pins):
             raise ValueError("two buttons on the same pin")
         return self
@@ -97,7 +97,6 @@ class EdgeConfig(Strict):
     buttons: ButtonsSettings = ButtonsSettings()
     display: DisplaySettings = DisplaySettings()
     counter: CounterSettings = CounterSettings()
-    state_dir: Path = Path("/var/lib/madoguchi")
 
 
 def load(path: str | Path) -> tuple[EdgeConfig, str]:

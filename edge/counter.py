@@ -17,7 +17,6 @@ Runs on the edge daemon's asyncio loop.  The rules a counter needs:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 import uuid
@@ -54,11 +53,12 @@ class CounterRole:
         self.display = display
         self.session = session
         self.boot_id = boot_id
-        self._seq = itertools.count()
+        self._seq = 0  # per boot; counts published events only, so a gap means a lost one
         self._last_press: dict[Intent, float] = {}
         #: event_id → intent, for presses waiting for central's answer.
         self.pending: dict[uuid.UUID, Intent] = {}
         self.central_online = False
+        self._central_boot: str | None = None
         self._last_issued = None
         self.stats = {"pressed": 0, "ignored_repeat": 0, "ignored_in_flight": 0, "refused_offline": 0, "timed_out": 0, "sent": 0, "bad_command": 0, "late_command": 0}
         self._show(Screen(mode="idle", counter_ja=config.device.counter_name_ja, counter_en=config.device.counter_name_en,
@@ -104,13 +104,14 @@ class CounterRole:
         now = utcnow()
         timeout = self.config.counter.intent_timeout_s
         event = IntentEvent(
-            event_id=uuid.uuid4(), boot_id=self.boot_id, seq=next(self._seq), ts=now,
+            event_id=uuid.uuid4(), boot_id=self.boot_id, seq=self._seq, ts=now,
             counter=self.counter, intent=intent, expires_at=now + timedelta(seconds=timeout),
         )
         if not self.session.publish(self.topics.event(self.device, "intent"), event, qos=1, expiry_s=timeout):
             self.stats["refused_offline"] += 1
             self.notice(*NOT_CONNECTED)
             return
+        self._seq += 1
         self.stats["sent"] += 1
         self.pending[event.event_id] = intent
         # Wait a little longer than the event lives, so an answer that was
@@ -134,6 +135,10 @@ class CounterRole:
             except PayloadError as exc:
                 logger.warning("%s: bad central status: %s", self.device, exc)
                 return True
+            if status.state is DeviceState.OFFLINE and self._central_boot not in (None, status.boot_id):
+                logger.info("%s: ignoring a stale offline status of central boot %s", self.device, status.boot_id)
+                return True
+            self._central_boot = status.boot_id
             was = self.central_online
             self.central_online = status.state is DeviceState.ONLINE
             if was != self.central_online:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import socket
 import threading
@@ -53,7 +54,7 @@ def _no_delay(client: mqtt.Client) -> None:
 
 def backoff(attempt: int, cap: float) -> float:
     """Seconds to wait before reconnect attempt ``attempt`` (0-based)."""
-    return random.uniform(0, min(cap, 1.5 ** min(10, attempt)))
+    return random.uniform(0, min(cap, 1.5 ** min(attempt, 30)))
 
 
 class EdgeSession:
@@ -99,6 +100,7 @@ class EdgeSession:
         self._thread: threading.Thread | None = None
         self.connected = False
         self.connects = 0
+        self._attempt = 0
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
         if username:
             self.client.username_pw_set(username, password)
@@ -110,26 +112,26 @@ class EdgeSession:
 
     # ------------------------------------------------------------ paho thread
     def _run(self) -> None:
-        attempt = 0
+        self._attempt = 0
         while not self._stop.is_set():
+            attempt = self._attempt
             try:
                 self.client.connect(self.host, self.port, self.keepalive_s, clean_start=True)
             except (OSError, mqtt.WebsocketConnectionError) as exc:
                 delay = backoff(attempt, self.reconnect_cap_s)
                 level = logging.INFO if attempt == 0 else logging.DEBUG
                 logger.log(level, "%s: broker %s:%d unreachable (%s); retry in %.1f s", self.device, self.host, self.port, exc, delay)
-                attempt += 1
+                self._attempt += 1
                 self._stop.wait(delay)
                 continue
             while not self._stop.is_set():
                 rc = self.client.loop(timeout=0.5)
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     break
-            if self.connected:
-                attempt = 0
             if not self._stop.is_set():
-                delay = backoff(attempt, self.reconnect_cap_s)
-                attempt += 1
+                # _connected() reset the count if this connection was accepted.
+                delay = backoff(self._attempt, self.reconnect_cap_s)
+                self._attempt += 1
                 self._stop.wait(delay)
         self.client.loop(timeout=0.1)  # flush the goodbye
 
@@ -138,6 +140,7 @@ class EdgeSession:
             logger.error("%s: broker refused the connection: %s", self.device, reason_code)
             return
         _no_delay(client)
+        self._attempt = 0
         self.connected = True
         self.connects += 1
         birth = Status(state=DeviceState.ONLINE, boot_id=self.boot_id, since=utcnow())
@@ -179,7 +182,7 @@ class EdgeSession:
         props = None
         if expiry_s is not None:
             props = Properties(PacketTypes.PUBLISH)
-            props.MessageExpiryInterval = max(1, round(expiry_s))
+            props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
         info = self.client.publish(topic, encode(message), qos=qos, retain=retain, properties=props)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
