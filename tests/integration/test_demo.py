@@ -1,0 +1,21 @@
+"""The demo is the product's shop window: it must run its scripted morning
+end to end (every press checks what the counter display shows)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support.procs import REPO
+
+
+def test_demo_runs_its_scripted_morning():
+    result = subprocess.run(
+        [sys.executable, "-m", "bus.cli", "demo", "--speed", "0", "--exit-after-script", "--http-port", "0", "--display-port", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "住民異動(1) → 国民健康保険(2) → 児童手当・こども医療(3) — done" in out
+    assert "お待ちの方はいません" in out  # precedence: 国保 waits for 住民異動
+    assert "demo script finished" in out
