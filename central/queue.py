@@ -168,6 +168,11 @@ class QueueEngine:
         self._counters = {c.id: c for c in site.counters}
         self._procedures = {p.id: p for p in site.procedures}
         with store.transaction() as db:
+            # The site's precedence rules, as a table the callable query joins.
+            db.execute("DELETE FROM service_after")
+            for s in site.services:
+                for before in s.after:
+                    db.execute("INSERT INTO service_after (service, before) VALUES (?, ?)", (s.id, before))
             for c in site.counters:
                 if db.execute("SELECT 1 FROM counters WHERE id=?", (c.id,)).fetchone() is None:
                     db.execute("INSERT INTO counters (id, stop_id, since) VALUES (?, NULL, NULL)", (c.id,))
@@ -295,15 +300,22 @@ class QueueEngine:
             " AND t.day=?"
             " AND NOT EXISTS (SELECT 1 FROM stops e WHERE e.ticket_id=s.ticket_id"
             "                 AND e.state IN ('called', 'serving'))"
-            " ORDER BY s.place, s.position, s.id"
+            # Precedence in SQL (table service_after mirrors the site's 'after'),
+            # so one query answers "who can this counter call" at any queue length.
+            " AND NOT EXISTS (SELECT 1 FROM service_after a JOIN stops p ON p.service = a.before"
+            "                 WHERE a.service = s.service AND p.ticket_id = s.ticket_id"
+            "                 AND p.state NOT IN ('done', 'no_show', 'skipped'))"
         )
         return sql, [*services, day]
 
     def _callable(self, db, services: Iterable[str], day: str):
+        """Stops ``services`` can call now, best first (original place)."""
         sql, args = self._callable_query(services, day)
-        for stop in db.execute(sql, args):
-            if self._precedence_met(db, stop):
-                yield stop
+        return db.execute(sql + " ORDER BY s.place, s.position, s.id", args)
+
+    def _count_callable(self, db, services: Iterable[str], day: str) -> int:
+        sql, args = self._callable_query(services, day)
+        return db.execute(f"SELECT COUNT(*) FROM ({sql})", args).fetchone()[0]
 
     # ------------------------------------------------------------------ tickets
     def issue(self, procedures: list[str], *, source: str = "api") -> TicketView:
@@ -436,7 +448,7 @@ class QueueEngine:
                 return Outcome(counters={counter}, duplicate=True)
             self._release_away(db, now)
             self._end_current(db, counter, now, source, out)
-            stop = next(self._callable(db, c.services, self.today(now)), None)
+            stop = self._callable(db, c.services, self.today(now)).fetchone()
             if stop is None:
                 out.counters.add(counter)
                 out.ja, out.en = "お待ちの方はいません", "No one is waiting"
@@ -683,7 +695,7 @@ class QueueEngine:
         if stop is not None:
             number = self._ticket_row(db, stop["ticket_id"])["number"]
             view = next(s for s in self._ticket_view(db, self._ticket_row(db, stop["ticket_id"])).stops if s.id == stop["id"])
-        waiting = sum(1 for _ in self._callable(db, c.services, self.today()))
+        waiting = self._count_callable(db, c.services, self.today())
         return CounterView(id=counter, stop=view, ticket=number, waiting=waiting)
 
     def waiting_by_service(self) -> dict[str, int]:
@@ -698,10 +710,10 @@ class QueueEngine:
             counts[service] = n
         return counts
 
-    def estimate_minutes(self) -> dict[str, int]:
+    def estimate_minutes(self, waiting: dict[str, int] | None = None) -> dict[str, int]:
         """A first wait estimate per service: waiting × typical time ÷ counters
         serving it.  Issue #5 replaces this with measured service times."""
-        waiting = self.waiting_by_service()
+        waiting = waiting if waiting is not None else self.waiting_by_service()
         result = {}
         for s in self.site.services:
             serving = sum(1 for c in self.site.counters if s.id in c.services) or 1

@@ -7,6 +7,7 @@ the next message is served as usual.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -36,6 +37,10 @@ from central.config import Site, QueueSettings
 from central.queue import Outcome, QueueEngine, QueueError, StopState
 
 logger = logging.getLogger(__name__)
+
+#: Board updates are coalesced over this many seconds (it must still update
+#: within a second of a call: issue #6).
+BOARD_COALESCE_S = 0.2
 
 
 class Publisher(Protocol):
@@ -69,6 +74,7 @@ class Central:
         self.devices: dict[str, DeviceSeen] = {d.id: DeviceSeen() for d in site.devices}
         self._listeners: list = []
         self._pruned_at = float("-inf")
+        self._board_due = False
 
     # ---------------------------------------------------------------- listeners
     def subscribe(self, callback) -> None:
@@ -187,7 +193,7 @@ class Central:
             else:
                 self.push_display(counter, recall=recall)
         if outcome.calls or outcome.counters:
-            self.publish_board()
+            self.publish_board_soon()
         self._changed("queue")
 
     def display_for(
@@ -234,7 +240,7 @@ class Central:
             c = self.site.counter(call.counter)
             calls.append(CallEntry(ticket=call.number, counter=c.id, counter_ja=c.name_ja, counter_en=c.name_en, at=call.at, recall=call.recall))
         waiting = self.engine.waiting_by_service()
-        estimates = self.engine.estimate_minutes()
+        estimates = self.engine.estimate_minutes(waiting)
         waits = [
             ServiceWait(service=s.id, name_ja=s.name_ja, name_en=s.name_en, waiting=waiting[s.id], estimate_min=estimates[s.id])
             for s in self.site.services
@@ -242,7 +248,22 @@ class Central:
         return LobbyBoard(ts=utcnow(), calls=calls, waits=waits)
 
     def publish_board(self) -> None:
+        self._board_due = False
         self.publisher.publish(self.topics.lobby_board(), self.board(), qos=1, retain=True)
+
+    def publish_board_soon(self) -> None:
+        """Publish the board within :data:`BOARD_COALESCE_S`: a burst of calls
+        (twenty counters pressing at 9:00) becomes one board update, and the
+        counters' own display commands go out first."""
+        if self._board_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (tools, the simulator): publish now
+            self.publish_board()
+            return
+        self._board_due = True
+        loop.call_later(BOARD_COALESCE_S, self.publish_board)
 
     def resync(self) -> None:
         """After (re)connecting: every display and the board from the database."""

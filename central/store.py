@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -61,6 +62,11 @@ SCHEMA = [
         stop_id INTEGER REFERENCES stops(id),
         since TEXT
     );
+    CREATE TABLE service_after (
+        service TEXT NOT NULL,
+        before TEXT NOT NULL,
+        PRIMARY KEY (service, before)
+    );
     CREATE TABLE seen_events (
         event_id TEXT PRIMARY KEY,
         device TEXT NOT NULL,
@@ -93,6 +99,7 @@ class Store:
         # the write lock up front, so a reader never upgrades mid-transaction).
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.conn.row_factory = sqlite3.Row
+        self._owner: int | None = None
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA foreign_keys=ON")
@@ -115,6 +122,13 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        owner = threading.get_ident()
+        if self._owner is None:
+            self._owner = owner
+        elif self._owner != owner:
+            # One connection, one thread: interleaved transactions from two
+            # threads would corrupt each other's BEGIN/COMMIT.
+            raise RuntimeError(f"{self.path}: store used from a second thread")
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn

@@ -1,7 +1,9 @@
 """Central's HTTP side: the JSON API (OpenAPI at /docs) and the overview page.
 
-Handlers run on central's event loop and call the queue engine directly (each
-call is one short SQLite transaction), then push what changed to the bus.
+Handlers are ``async def`` on purpose: they run on central's event loop, like
+the bus handlers, so the queue engine and its SQLite connection are only ever
+used from that one thread (a plain ``def`` handler would run in a thread pool,
+concurrently with the bus).  Each engine call is one short transaction.
 Request bodies are strict pydantic models; a body over :data:`MAX_BODY` bytes
 is refused before it is read.
 """
@@ -141,7 +143,7 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         return ActionOut(ticket=outcome.ticket, message_ja=outcome.ja, message_en=outcome.en)
 
     @app.get("/healthz")
-    def healthz():
+    async def healthz():
         return {
             "status": "ok",
             "mqtt": "connected" if mqtt_connected() else "disconnected",
@@ -150,7 +152,7 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         }
 
     @app.get("/api/v1/site")
-    def get_site():
+    async def get_site():
         return {
             "site": site.site.model_dump(),
             "services": [s.model_dump() for s in site.services],
@@ -159,29 +161,29 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         }
 
     @app.post("/api/v1/tickets", status_code=201, response_model=TicketOut)
-    def issue_ticket(body: IssueRequest):
+    async def issue_ticket(body: IssueRequest):
         ticket = engine.issue(body.procedures, source="api")
         central.apply_issue(ticket)
         return ticket_out(ticket, with_token=True)
 
     @app.get("/api/v1/tickets", response_model=list[TicketOut])
-    def list_tickets(day: str | None = None, active: bool = False):
+    async def list_tickets(day: str | None = None, active: bool = False):
         return [ticket_out(t) for t in engine.tickets(day, active_only=active)]
 
     @app.get("/api/v1/tickets/{number}", response_model=TicketOut)
-    def get_ticket(number: int, day: str | None = None):
+    async def get_ticket(number: int, day: str | None = None):
         return ticket_out(engine.ticket(number, day))
 
     @app.post("/api/v1/tickets/{number}/stops", response_model=ActionOut)
-    def add_stop(number: int, body: ServiceRequest):
+    async def add_stop(number: int, body: ServiceRequest):
         return act(engine.add_stop(number, body.service, source="api"))
 
     @app.get("/api/v1/counters", response_model=list[CounterOut])
-    def list_counters():
+    async def list_counters():
         return [counter_out(c.id) for c in site.counters]
 
     @app.get("/api/v1/counters/{counter}", response_model=CounterOut)
-    def get_counter(counter: str):
+    async def get_counter(counter: str):
         return counter_out(known_counter(counter))
 
     simple = {
@@ -194,19 +196,19 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
     }
 
     @app.post("/api/v1/counters/{counter}/call", response_model=ActionOut)
-    def call_ticket(counter: str, body: CallRequest):
+    async def call_ticket(counter: str, body: CallRequest):
         return act(engine.call(known_counter(counter), body.number, source="api"), counter)
 
     @app.post("/api/v1/counters/{counter}/transfer", response_model=ActionOut)
-    def transfer(counter: str, body: ServiceRequest):
+    async def transfer(counter: str, body: ServiceRequest):
         return act(engine.transfer(known_counter(counter), body.service, source="api"), counter)
 
     @app.post("/api/v1/counters/{counter}/{action}", response_model=ActionOut)
-    def counter_action(counter: str, action: Literal["call-next", "recall", "no-show", "hold", "finish", "start"]):
+    async def counter_action(counter: str, action: Literal["call-next", "recall", "no-show", "hold", "finish", "start"]):
         return act(simple[action](known_counter(counter), source="api"), counter)
 
     @app.get("/api/v1/stats")
-    def stats():
+    async def stats():
         return {
             "handled": dict(central.stats.handled),
             "rejected": dict(central.stats.rejected),
@@ -215,11 +217,11 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         }
 
     @app.get("/api/v1/board")
-    def board():
+    async def board():
         return central.board().model_dump(mode="json", by_alias=True)
 
     @app.get("/", response_class=HTMLResponse)
-    def overview():
+    async def overview():
         return resources.files("central").joinpath("overview.html").read_text(encoding="utf-8")
 
     return app

@@ -690,22 +690,44 @@ class QueueMachine(RuleBasedStateMachine):
             assert self.snapshot() == before, "a refused call changed the state"
             return
         assert [(c.number, c.counter) for c in out.calls] == [(number, counter)]
+        tickets, stops, counters = self.rows()
+        chosen = next(s for s in stops if s["id"] == counters[counter])
+        assert tickets[chosen["ticket_id"]]["number"] == number and chosen["state"] == "called"
+        engaged_before = [s for s in before[1] if s["ticket_id"] == chosen["ticket_id"] and s["state"] in ENGAGED]
+        assert all(s["counter"] == counter for s in engaged_before), "called a ticket engaged elsewhere"
 
-    @rule(counter=st.sampled_from(COUNTERS), action=st.sampled_from(["finish", "no_show", "hold", "start", "recall"]))
-    def staff(self, counter, action):
+    @rule(data=st.data(), action=st.sampled_from(["finish", "no_show", "hold", "start", "recall"]))
+    def staff(self, data, action):
+        # Mostly at a counter that has someone (at an empty one it is only "empty").
+        busy = sorted(c for c, stop_id in self.rows()[2].items() if stop_id is not None)
+        counter = data.draw(st.sampled_from(busy if busy and data.draw(st.integers(0, 4)) else COUNTERS), label="counter")
         before = self.snapshot()
-        busy = self.current(counter) is not None
+        current = self.current(counter)
+        state = next((s["state"] for s in before[1] if s["id"] == current), None)
         try:
             getattr(self.engine, action)(counter)
         except QueueError as err:
             event(f"{action} refused: {err.code}")
             assert self.snapshot() == before, "a refused action changed the state"
             if err.code == "empty":
-                assert not busy
+                assert current is None
             else:
-                assert (action, err.code) == ("recall", "conflict"), err
+                assert (action, err.code, state) == ("recall", "conflict", "serving"), err
             return
-        assert busy, f"{action} succeeded on an empty counter"
+        assert current is not None, f"{action} succeeded on an empty counter"
+        after = next(s["state"] for s in self.rows()[1] if s["id"] == current)
+        expected = {
+            "finish": {"done"},
+            "no_show": {"away", "no_show"},
+            "hold": {"held"},
+            "start": {"serving"},
+            "recall": {"called"},
+        }[action]
+        assert after in expected, (action, state, after)
+        if action in ("finish", "no_show", "hold"):
+            assert self.current(counter) is None
+        else:
+            assert self.current(counter) == current
 
     # Mostly within the no-show grace (120 s) and around it; now and then to the next day.
     @rule(seconds=st.sampled_from([1, 10, 30, 60, 90, 119, 120, 121, 200, 300, 600, 12 * 3600]))
@@ -741,7 +763,7 @@ class QueueMachine(RuleBasedStateMachine):
 
 TestQueueMachine = QueueMachine.TestCase
 TestQueueMachine.settings = settings(
-    max_examples=150,
+    max_examples=120,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
