@@ -55,8 +55,8 @@ SCHEMA = [
         no_shows INTEGER NOT NULL DEFAULT 0,
         recalls INTEGER NOT NULL DEFAULT 0
     );
-    CREATE INDEX stops_by_state ON stops (state, service);
-    CREATE INDEX stops_by_ticket ON stops (ticket_id);
+    CREATE INDEX stops_by_state ON stops (state, service, place, position);
+    CREATE INDEX stops_by_ticket ON stops (ticket_id, state);
     CREATE TABLE counters (
         id TEXT PRIMARY KEY,
         stop_id INTEGER REFERENCES stops(id),

@@ -589,6 +589,8 @@ PROCEDURES = [p.id for p in SITE.procedures]
 COUNTERS = [c.id for c in SITE.counters]
 AFTER = {s.id: set(s.after) for s in SITE.services}
 SERVES = {c.id: set(c.services) for c in SITE.counters}
+GRACE_MACHINE_S = 120
+MAX_NO_SHOWS_MACHINE = 2
 
 
 class QueueMachine(RuleBasedStateMachine):
@@ -604,7 +606,10 @@ class QueueMachine(RuleBasedStateMachine):
         self.store.conn.execute("PRAGMA synchronous=OFF")
         self.clock = Clock(T0)
         self.engine = QueueEngine(
-            self.store, SITE, QueueSettings(no_show_grace_s=120, max_no_shows=2), clock=self.clock
+            self.store,
+            SITE,
+            QueueSettings(no_show_grace_s=GRACE_MACHINE_S, max_no_shows=MAX_NO_SHOWS_MACHINE),
+            clock=self.clock,
         )
 
     def teardown(self) -> None:
@@ -728,6 +733,9 @@ class QueueMachine(RuleBasedStateMachine):
             assert self.current(counter) is None
         else:
             assert self.current(counter) == current
+        if after == "away":
+            row = next(s for s in self.rows()[1] if s["id"] == current)
+            assert datetime.fromisoformat(row["returns_at"]) == self.clock() + timedelta(seconds=GRACE_MACHINE_S)
 
     # Mostly within the no-show grace (120 s) and around it; now and then to the next day.
     @rule(seconds=st.sampled_from([1, 10, 30, 60, 90, 119, 120, 121, 200, 300, 600, 12 * 3600]))
@@ -759,6 +767,8 @@ class QueueMachine(RuleBasedStateMachine):
             assert (t["state"] == "done") == (not open_), t
         for s in stops:
             assert (s["state"] == "away") == (s["returns_at"] is not None), s
+            # Given up exactly at the max_no_shows-th no-show.
+            assert (s["state"] == "no_show") == (s["no_shows"] >= MAX_NO_SHOWS_MACHINE), s
 
 
 TestQueueMachine = QueueMachine.TestCase
