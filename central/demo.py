@@ -149,7 +149,7 @@ class Office:
                 f'counter_name_ja = "{name_ja}"\ncounter_name_en = "{name_en}"\n'
                 f"[mqtt]\nport = {self.broker_port}\n"
                 '[buttons]\ndriver = "mock"\n'
-                f'[display]\ndriver = "hdmi"\nport = {display_port}\n',
+                f'[display]\ndriver = "hdmi"\nport = {display_port}\ntitle_ja = "市民課"\ntitle_en = "Citizens Division"\n',
                 encoding="utf-8",
             )
             self._spawn(device, [sys.executable, "-m", "bus.cli", "edge", "--config", str(config)])

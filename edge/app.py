@@ -103,7 +103,7 @@ class EdgeDaemon:
             }
         return HdmiDisplay(
             host=cfg.host, port=cfg.port,
-            title_ja=self.config.device.counter_name_ja, title_en=self.config.device.counter_name_en,
+            title_ja=cfg.title_ja, title_en=cfg.title_en,
             controls=controls,
         )
 

@@ -83,6 +83,9 @@ class DisplaySettings(Strict):
     driver: Literal["hdmi", "log"] = "hdmi"
     host: str = "127.0.0.1"
     port: int = Field(default=8101, ge=0, le=65535)
+    #: Shown small in the display's top-right corner, e.g. the office: "市民課".
+    title_ja: str = Field(default="", max_length=20)
+    title_en: str = Field(default="", max_length=30)
 
 
 class CounterSettings(Strict):
