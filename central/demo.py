@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -46,6 +47,7 @@ def demo_command(sub) -> None:
     p.add_argument("--site", type=Path, default=REPO_SITE, help="site file (default: the sample site in config/)")
     p.add_argument("--exit-after-script", action="store_true", help="stop after the scripted morning (for tests)")
     p.add_argument("--keep", action="store_true", help="keep the working folder (logs, database) at exit")
+    p.add_argument("--no-auto", action="store_true", help="after the script, leave the counters to you (no simulated visitors and staff)")
     p.set_defaults(func=_run)
 
 
@@ -271,6 +273,48 @@ def morning(office: Office) -> None:
         raise DemoError(f"ticket {family} should be done, is {ticket['state']}")
 
 
+#: The mix of visitors after the script: (weight, procedures).  Synthetic.
+VISITORS = (
+    (30, ("juminhyo",)),
+    (12, ("tennyu", "kokuho-kanyu")),
+    (8, ("tennyu", "kokuho-kanyu", "jidoteate")),
+    (8, ("tenkyo",)),
+    (6, ("tenshutsu", "kokuho-kanyu", "nenkin-henko")),
+    (5, ("inu-toroku",)),
+    (5, ("tennyu", "inu-toroku")),
+    (4, ("nenkin-henko",)),
+)
+
+
+def office_day(office: Office, seed: int = 17) -> None:
+    """After the script: visitors keep arriving and simulated staff keep
+    working, so the pages stay alive.  You can press buttons at any time."""
+    rng = random.Random(seed)
+    weights = [w for w, _ in VISITORS]
+    next_visitor = time.monotonic()
+    busy_since: dict[str, float] = {}
+    while True:
+        now = time.monotonic()
+        active = _http("GET", f"{office.central}/api/v1/tickets?active=true")
+        if now >= next_visitor and len(active) < 12:
+            office.issue(*rng.choices([p for _, p in VISITORS], weights)[0])
+            next_visitor = now + rng.uniform(8, 20) * office.args.speed
+        for counter in _http("GET", f"{office.central}/api/v1/counters"):
+            cid = counter["id"]
+            if counter["ticket"] is None:
+                busy_since.pop(cid, None)
+                if counter["waiting"] and rng.random() < 0.5:
+                    office.press(cid, "call_next")
+            else:
+                started = busy_since.setdefault(cid, now)
+                if now - started > rng.uniform(6, 20) * office.args.speed:
+                    roll = rng.random()
+                    office.press(cid, "no_show" if roll < 0.05 else "recall" if roll < 0.12 else "finish")
+                    if roll >= 0.05:
+                        busy_since.pop(cid, None)
+        office.pause(2)
+
+
 def _run(args) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="madoguchi-demo-"))
     office = Office(args, workdir)
@@ -301,8 +345,10 @@ def _run(args) -> int:
             "The office keeps running: press the buttons on the display pages. Ctrl-C to stop.",
             flush=True,
         )
+        if not args.no_auto:
+            office_day(office)
         while True:
-            office.pause(1 / max(args.speed, 1e-3))
+            office.pause(1)
     except KeyboardInterrupt:
         print("\n終了します / stopping…", flush=True)
         return 0
