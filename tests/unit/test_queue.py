@@ -589,7 +589,7 @@ PROCEDURES = [p.id for p in SITE.procedures]
 COUNTERS = [c.id for c in SITE.counters]
 AFTER = {s.id: set(s.after) for s in SITE.services}
 SERVES = {c.id: set(c.services) for c in SITE.counters}
-GRACE_MACHINE_S = 120
+GRACE_MACHINE_S = 30
 MAX_NO_SHOWS_MACHINE = 2
 
 
@@ -681,11 +681,22 @@ class QueueMachine(RuleBasedStateMachine):
             return
         assert len(out.calls) == 1 and chosen is not None
         assert chosen in {s["id"] for s in candidates}, "called a stop that was not callable"
-        place = next(s["place"] for s in candidates if s["id"] == chosen)
+        place, no_shows = next((s["place"], s["no_shows"]) for s in candidates if s["id"] == chosen)
         assert place == min(s["place"] for s in candidates), "skipped an earlier place"
+        if no_shows:
+            event("call_next: a no-show came back")
 
-    @rule(counter=st.sampled_from(COUNTERS), number=st.integers(1, 8))
-    def call(self, counter, number):
+    @rule(counter=st.sampled_from(COUNTERS), data=st.data())
+    def call(self, counter, data):
+        # A number of today's, often a held or away one (what staff call by number).
+        tickets, stops, _ = self.rows()
+        today = self.clock().astimezone(TOKYO).date().isoformat()
+        numbers = sorted(t["number"] for t in tickets.values() if t["day"] == today)
+        parked = sorted(
+            {tickets[s["ticket_id"]]["number"] for s in stops if s["state"] in ("held", "away")} & set(numbers)
+        )
+        pool = parked if parked and data.draw(st.booleans()) else numbers + [len(numbers) + 1]
+        number = data.draw(st.sampled_from(pool), label="number")
         before = self.snapshot()
         try:
             out = self.engine.call(counter, number)
@@ -729,6 +740,7 @@ class QueueMachine(RuleBasedStateMachine):
             "recall": {"called"},
         }[action]
         assert after in expected, (action, state, after)
+        event(f"{action}: {state} → {after}")
         if action in ("finish", "no_show", "hold"):
             assert self.current(counter) is None
         else:
@@ -737,8 +749,8 @@ class QueueMachine(RuleBasedStateMachine):
             row = next(s for s in self.rows()[1] if s["id"] == current)
             assert datetime.fromisoformat(row["returns_at"]) == self.clock() + timedelta(seconds=GRACE_MACHINE_S)
 
-    # Mostly within the no-show grace (120 s) and around it; now and then to the next day.
-    @rule(seconds=st.sampled_from([1, 10, 30, 60, 90, 119, 120, 121, 200, 300, 600, 12 * 3600]))
+    # Within the no-show grace (30 s), at it, past it; now and then to the next day.
+    @rule(seconds=st.sampled_from([1, 10, 29, 30, 31, 60, 300, 12 * 3600]))
     def advance(self, seconds):
         self.clock.advance(seconds)
 
