@@ -46,8 +46,15 @@ def _request(url: str, method: str = "GET", body: dict | None = None):
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        detail = json.loads(exc.read() or b"{}")
-        msg = detail.get("message_ja") or detail.get("detail") or detail
+        raw = exc.read()
+        try:
+            detail = json.loads(raw or b"{}")
+        except ValueError:
+            detail = {"message_en": raw[:200].decode("utf-8", "replace")}
+        if isinstance(detail.get("detail"), list):  # pydantic validation errors
+            msg = "; ".join(f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg')}" for d in detail["detail"])
+        else:
+            msg = " / ".join(str(m) for m in (detail.get("message_ja"), detail.get("message_en")) if m) or detail
         raise SystemExit(f"エラー / error {exc.code}: {msg}") from None
     except urllib.error.URLError as exc:
         raise SystemExit(f"central に接続できません / cannot reach central at {url}: {exc.reason}") from None
@@ -60,18 +67,22 @@ def _print_ticket(t: dict) -> None:
         print(f"  {i}. {s['name_ja']} / {s['name_en']}: {s['state']}{where}")
 
 
+def _base(url: str) -> str:
+    return url.rstrip("/")
+
+
 def _issue(args) -> int:
-    _print_ticket(_request(f"{args.url}/api/v1/tickets", "POST", {"procedures": args.procedures}))
+    _print_ticket(_request(f"{_base(args.url)}/api/v1/tickets", "POST", {"procedures": args.procedures}))
     return 0
 
 
 def _show(args) -> int:
-    _print_ticket(_request(f"{args.url}/api/v1/tickets/{args.number}"))
+    _print_ticket(_request(f"{_base(args.url)}/api/v1/tickets/{args.number}"))
     return 0
 
 
 def _list(args) -> int:
-    tickets = _request(f"{args.url}/api/v1/tickets?active=true")
+    tickets = _request(f"{_base(args.url)}/api/v1/tickets?active=true")
     for t in tickets:
         _print_ticket(t)
     if not tickets:

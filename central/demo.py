@@ -332,7 +332,7 @@ def _run(args) -> int:
         print(
             "\n  窓口の状況 overview   " + office.central + "/\n"
             + "".join(f"  {n}番窓口の表示 display  http://127.0.0.1:{office.displays[n]}/\n" for n, *_ in COUNTERS)
-            + "  API (OpenAPI)        " + office.central + "/docs\n"
+            + "  API (OpenAPI)        " + office.central + "/openapi.json\n"
             + f"  作業フォルダ logs      {workdir}\n",
             flush=True,
         )

@@ -539,6 +539,8 @@ class QueueEngine:
                 self._log(db, now, "start", source=source, ticket=ticket, stop=stop, counter=counter)
                 out.ticket = ticket["number"]
             out.counters.add(counter)
+        if out.ticket is not None:
+            out.ja, out.en = f"{out.ticket}番の受付を開始しました", f"Serving number {out.ticket}"
         return out
 
     def no_show(self, counter: str, *, source: str = "api", event_id: str | None = None, device: str | None = None) -> Outcome:
@@ -551,6 +553,8 @@ class QueueEngine:
             if not self._first_time(db, event_id, device, now):
                 return Outcome(counters={counter}, duplicate=True)
             stop = self._require_current(db, counter)
+            if stop["state"] != StopState.CALLED.value:
+                raise QueueError("conflict", "対応中の方は不在にできません", "the visitor is being served: not a no-show")
             no_shows = stop["no_shows"] + 1
             ticket = self._ticket_row(db, stop["ticket_id"])
             if no_shows >= self.settings.max_no_shows:
@@ -622,10 +626,11 @@ class QueueEngine:
             ).fetchone()
             if other is not None:
                 # The ticket already waits for that service: this stop merges into it.
-                db.execute("UPDATE stops SET state='skipped', done_at=? WHERE id=?", (_iso(now), stop["id"]))
+                db.execute("UPDATE stops SET state='skipped', counter=NULL, done_at=? WHERE id=?", (_iso(now), stop["id"]))
             else:
                 db.execute(
-                    "UPDATE stops SET service=?, state='waiting', counter=NULL, waiting_since=? WHERE id=?",
+                    "UPDATE stops SET service=?, state='waiting', counter=NULL, called_at=NULL, started_at=NULL,"
+                    " waiting_since=? WHERE id=?",
                     (service, _iso(now), stop["id"]),
                 )
             self._set_counter(db, counter, None, now)
@@ -660,6 +665,8 @@ class QueueEngine:
                 db.execute("UPDATE tickets SET state=?, done_at=NULL WHERE id=?", (TICKET_ACTIVE, ticket["id"]))
             self._log(db, now, "add_stop", source=source, ticket=ticket, detail={"service": service})
             out.ticket = number
+            name = self._services[service]
+            out.ja, out.en = f"{number}番に{name.name_ja}を追加しました", f"Added {name.name_en} to number {number}"
             out.counters.update(c.id for c in self.site.counters if service in c.services)
         return out
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -27,12 +27,18 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY = 16 * 1024
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Number = Annotated[int, Path(ge=1, le=9999, description="ticket number")]
+Day = Annotated[str, Query(pattern=r"^\d{4}-\d{2}-\d{2}$", description="local date, YYYY-MM-DD (default: today)")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(max_length=64, description="retry-safe: an action sent again with the same key is applied once"),
+]
 
 STATUS_OF = {"not_found": 404, "conflict": 409, "precedence": 409, "empty": 409, "busy": 409, "invalid": 422}
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class IssueRequest(Body):
@@ -93,13 +99,26 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         title="madoguchi central",
         version="1",
         description="Tickets, counters and queue of one site.  See docs/http-api.md.",
+        # Swagger UI and ReDoc load their scripts from a CDN, which an office
+        # network does not reach: serve the schema only (/openapi.json).
+        docs_url=None,
+        redoc_url=None,
     )
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
+        if length is None and request.method in ("POST", "PUT", "PATCH") and "chunked" in request.headers.get("transfer-encoding", ""):
+            # A chunked body has no length to check before it is read: refuse it.
+            return JSONResponse(
+                {"error": "length_required", "message_ja": "Content-Length が必要です", "message_en": "send a Content-Length"},
+                status_code=411,
+            )
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return JSONResponse({"error": "too_large", "message_en": f"body over {MAX_BODY} bytes"}, status_code=413)
+            return JSONResponse(
+                {"error": "too_large", "message_ja": f"本文が大きすぎます（上限 {MAX_BODY} バイト）", "message_en": f"body over {MAX_BODY} bytes"},
+                status_code=413,
+            )
         return await call_next(request)
 
     @app.exception_handler(QueueError)
@@ -135,7 +154,7 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
 
     def known_counter(counter: str) -> str:
         if counter not in {c.id for c in site.counters}:
-            raise HTTPException(404, detail=f"no counter {counter!r}")
+            raise QueueError("not_found", f"窓口 {counter[:20]} はありません", f"no counter {counter[:20]!r}")
         return counter
 
     def act(outcome, counter: str | None = None) -> ActionOut:
@@ -167,15 +186,15 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         return ticket_out(ticket, with_token=True)
 
     @app.get("/api/v1/tickets", response_model=list[TicketOut])
-    async def list_tickets(day: str | None = None, active: bool = False):
+    async def list_tickets(day: Day | None = None, active: bool = False):
         return [ticket_out(t) for t in engine.tickets(day, active_only=active)]
 
     @app.get("/api/v1/tickets/{number}", response_model=TicketOut)
-    async def get_ticket(number: int, day: str | None = None):
+    async def get_ticket(number: Number, day: Day | None = None):
         return ticket_out(engine.ticket(number, day))
 
     @app.post("/api/v1/tickets/{number}/stops", response_model=ActionOut)
-    async def add_stop(number: int, body: ServiceRequest):
+    async def add_stop(number: Number, body: ServiceRequest):
         return act(engine.add_stop(number, body.service, source="api"))
 
     @app.get("/api/v1/counters", response_model=list[CounterOut])
@@ -204,8 +223,18 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         return act(engine.transfer(known_counter(counter), body.service, source="api"), counter)
 
     @app.post("/api/v1/counters/{counter}/{action}", response_model=ActionOut)
-    async def counter_action(counter: str, action: Literal["call-next", "recall", "no-show", "hold", "finish", "start"]):
-        return act(simple[action](known_counter(counter), source="api"), counter)
+    async def counter_action(
+        counter: str,
+        action: Literal["call-next", "recall", "no-show", "hold", "finish", "start"],
+        idempotency_key: IdempotencyKey = None,
+    ):
+        known_counter(counter)
+        if action == "start":
+            return act(engine.start(counter, source="api"), counter)
+        # The same key means the same press: a retried request is applied once
+        # (like a button event's event_id).
+        key = f"http:{idempotency_key}" if idempotency_key else None
+        return act(simple[action](counter, source="api", event_id=key, device="api"), counter)
 
     @app.get("/api/v1/stats")
     async def stats():

@@ -115,6 +115,53 @@ def test_bad_http_bodies_are_refused_with_a_reason(central_factory):
     status, body = central.request("POST", "/api/v1/counters/1/call", {"number": 4242})
     assert status == 404 and body["message_ja"]
     status, body = central.request("POST", "/api/v1/counters/99/call-next")
-    assert status == 404
+    assert status == 404 and body["error"] == "not_found" and body["message_ja"]
+    status, body = central.request("GET", "/api/v1/tickets/99999999999999999999")
+    assert status == 422
+    status, body = central.request("GET", "/api/v1/tickets?day=yesterday")
+    assert status == 422
+    status, body = central.request("POST", "/api/v1/counters/1/call", {"number": "1"})
+    assert status == 422  # strict: a string is not a number
     # and it still serves
     assert central.issue("tennyu")["number"] == 1
+
+
+def test_a_chunked_body_without_length_is_refused(central_factory):
+    import http.client
+
+    central = central_factory()
+    conn = http.client.HTTPConnection("127.0.0.1", central.http_port, timeout=5)
+    conn.putrequest("POST", "/api/v1/tickets")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    conn.send(b"5\r\n{\"pro\r\n0\r\n\r\n")
+    response = conn.getresponse()
+    assert response.status == 411
+    conn.close()
+
+
+def test_an_http_action_retried_with_the_same_key_is_applied_once(central_factory):
+    central = central_factory()
+    first = central.issue("juminhyo")["number"]
+    second = central.issue("juminhyo")["number"]
+    headers_key = "retry-7f3a"
+    import json as _json
+    import urllib.request
+
+    def call_next():
+        req = urllib.request.Request(
+            central.url + "/api/v1/counters/1/call-next", data=b"{}", method="POST",
+            headers={"Content-Type": "application/json", "Idempotency-Key": headers_key},
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return _json.loads(resp.read())
+
+    assert call_next()["ticket"] == first
+    call_next()  # the network retried
+    assert central.get("/api/v1/counters/1")["ticket"] == first
+    assert central.get(f"/api/v1/tickets/{second}")["stops"][0]["state"] == "waiting"
+    # no-show is only for a visitor who did not come
+    central.post("/api/v1/counters/1/start")
+    status, body = central.request("POST", "/api/v1/counters/1/no-show", {})
+    assert status == 409 and body["message_ja"]
