@@ -34,12 +34,11 @@ async def serve(loaded: central_config.Loaded, *, database: Path | None = None, 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     link: CentralLink | None = None
+    central: Central | None = None
     server: uvicorn.Server | None = None
     try:
         engine = QueueEngine(store, site, cfg.queue)
         topics = Topics(site.site.id)
-        central: Central
-
         def on_message(msg: Incoming) -> None:
             central.handle(msg.topic, msg.payload)
 
@@ -81,6 +80,8 @@ async def serve(loaded: central_config.Loaded, *, database: Path | None = None, 
         logger.info("central stopping")
         return 0
     finally:
+        if central is not None:
+            central.close()
         if server is not None:
             server.should_exit = True
             await asyncio.sleep(0.1)

@@ -60,11 +60,18 @@ def _request(url: str, method: str = "GET", body: dict | None = None):
         raise SystemExit(f"central に接続できません / cannot reach central at {url}: {exc.reason}") from None
 
 
+TICKET_STATE = {"active": "受付中 active", "done": "完了 done"}
+STOP_STATE = {
+    "waiting": "待ち waiting", "called": "呼出中 called", "serving": "対応中 serving", "held": "保留 held",
+    "away": "不在 away", "done": "完了 done", "no_show": "不在終了 no-show", "skipped": "取消 skipped",
+}
+
+
 def _print_ticket(t: dict) -> None:
-    print(f"受付番号 {t['number']} 番  ({t['day']})  {t['state']}")
+    print(f"受付番号 {t['number']} 番  ({t['day']})  {TICKET_STATE.get(t['state'], t['state'])}")
     for i, s in enumerate(t["stops"], 1):
-        where = f" @{s['counter']}" if s["counter"] else ""
-        print(f"  {i}. {s['name_ja']} / {s['name_en']}: {s['state']}{where}")
+        where = f" @{s['counter']}番窓口" if s["counter"] else ""
+        print(f"  {i}. {s['name_ja']} / {s['name_en']}: {STOP_STATE.get(s['state'], s['state'])}{where}")
 
 
 def _base(url: str) -> str:

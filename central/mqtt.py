@@ -85,6 +85,9 @@ class CentralLink:
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
         self.client.on_message = self._message
+        self.client.on_connect_fail = self._connect_failed
+        self._stopping = False
+        self._failures = 0
 
     # paho thread ---------------------------------------------------------------
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
@@ -96,6 +99,7 @@ class CentralLink:
             # paho leaves Nagle on; with delayed ACKs every QoS 1 hop would wait ~40 ms.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connected = True
+        self._failures = 0
         logger.info("central: connected to %s:%d (session present: %s)", self.host, self.port, flags.session_present)
         subs = [
             (self.topics.all_devices("event"), 1),
@@ -107,15 +111,21 @@ class CentralLink:
         self._hand_over(self._on_connected)
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.connected:
+        if self.connected and not self._stopping:
             logger.warning("central: lost broker connection (%s); reconnecting", reason_code)
         self.connected = False
+
+    def _connect_failed(self, client, userdata) -> None:
+        self._failures += 1
+        if self._failures in (1, 3) or self._failures % 20 == 0:
+            level = logging.WARNING if self._failures < 20 else logging.ERROR
+            logger.log(level, "central: broker %s:%d unreachable (%d attempts)", self.host, self.port, self._failures)
 
     def _message(self, client, userdata, msg) -> None:
         self._hand_over(self._on_message, Incoming(msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def _hand_over(self, fn, *args) -> None:
-        if self._loop is not None and not self._loop.is_closed():
+        if self._loop is not None and not self._loop.is_closed() and not self._stopping:
             self._loop.call_soon_threadsafe(fn, *args)
 
     # loop side -----------------------------------------------------------------
@@ -138,6 +148,7 @@ class CentralLink:
 
     def stop(self) -> None:
         """Say goodbye (retained offline) and disconnect cleanly."""
+        self._stopping = True
         if self.connected:
             bye = CentralStatus(state=DeviceState.OFFLINE, boot_id=self.boot_id, since=utcnow())
             info = self.client.publish(self.topics.central_status(), encode(bye), qos=1, retain=True)

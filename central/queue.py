@@ -173,9 +173,36 @@ class QueueEngine:
             for s in site.services:
                 for before in s.after:
                     db.execute("INSERT INTO service_after (service, before) VALUES (?, ?)", (s.id, before))
+            self._retire_orphans(db)
             for c in site.counters:
                 if db.execute("SELECT 1 FROM counters WHERE id=?", (c.id,)).fetchone() is None:
                     db.execute("INSERT INTO counters (id, stop_id, since) VALUES (?, NULL, NULL)", (c.id,))
+
+    def _retire_orphans(self, db) -> None:
+        """The site file changed under a running day: open stops of services that
+        no longer exist are skipped (logged), and counters that no longer exist
+        release whoever they had, so nothing refers to what the site lacks."""
+        now = self.clock()
+        known = tuple(self._services)
+        marks = ",".join("?" * len(known))
+        orphans = db.execute(
+            f"SELECT s.*, t.number FROM stops s JOIN tickets t ON t.id=s.ticket_id"
+            f" WHERE s.service NOT IN ({marks}) AND s.state NOT IN ('done', 'no_show', 'skipped')",
+            known,
+        ).fetchall()
+        for stop in orphans:
+            logger.warning(
+                "ticket %d: service %r is no longer in the site file: its stop is skipped", stop["number"], stop["service"]
+            )
+            db.execute("UPDATE stops SET state='skipped', counter=NULL, done_at=? WHERE id=?", (_iso(now), stop["id"]))
+            db.execute("UPDATE counters SET stop_id=NULL, since=NULL WHERE stop_id=?", (stop["id"],))
+            self._close_ticket_if_done(db, stop["ticket_id"], now)
+        marks = ",".join("?" * len(self._counters))
+        for row in db.execute(f"SELECT id, stop_id FROM counters WHERE id NOT IN ({marks})", tuple(self._counters)).fetchall():
+            if row["stop_id"] is not None:
+                logger.warning("counter %r is no longer in the site file: its visitor waits again", row["id"])
+                db.execute("UPDATE stops SET state='waiting', counter=NULL WHERE id=?", (row["stop_id"],))
+            db.execute("DELETE FROM counters WHERE id=?", (row["id"],))
 
     # ------------------------------------------------------------------ helpers
     def today(self, now: datetime | None = None) -> str:
@@ -270,6 +297,16 @@ class QueueEngine:
             return
         self._finish_stop(db, stop, counter, now, source, out)
 
+    def _touch(self, db, ticket_id: int, out: Outcome) -> None:
+        """The counters whose waiting count this ticket's change may move: every
+        counter serving one of its unfinished services gets a fresh display."""
+        services = {
+            r[0] for r in db.execute(
+                "SELECT service FROM stops WHERE ticket_id=? AND state NOT IN ('done', 'no_show', 'skipped')", (ticket_id,)
+            )
+        }
+        out.counters.update(c.id for c in self.site.counters if services & set(c.services))
+
     def _finish_stop(self, db, stop, counter, now, source, out) -> None:
         db.execute("UPDATE stops SET state='done', done_at=? WHERE id=?", (_iso(now), stop["id"]))
         self._set_counter(db, counter, None, now)
@@ -277,6 +314,7 @@ class QueueEngine:
         self._log(db, now, "finish", source=source, ticket=ticket, stop=stop, counter=counter)
         self._close_ticket_if_done(db, stop["ticket_id"], now)
         out.counters.add(counter)
+        self._touch(db, stop["ticket_id"], out)
 
     def _engage(self, db, stop, counter, now, source, out, *, action="call") -> None:
         db.execute(
@@ -287,6 +325,7 @@ class QueueEngine:
         ticket = self._ticket_row(db, stop["ticket_id"])
         self._log(db, now, action, source=source, ticket=ticket, stop=stop, counter=counter)
         out.counters.add(counter)
+        self._touch(db, stop["ticket_id"], out)
         out.ticket = ticket["number"]
         out.calls.append(Call(ticket["number"], counter, stop["service"], now))
 
@@ -574,6 +613,7 @@ class QueueEngine:
             self._set_counter(db, counter, None, now)
             self._log(db, now, "no_show", source=source, ticket=ticket, stop=stop, counter=counter, detail={"count": no_shows})
             out.counters.add(counter)
+            self._touch(db, stop["ticket_id"], out)
             out.ticket = ticket["number"]
         return out
 
@@ -591,6 +631,7 @@ class QueueEngine:
             ticket = self._ticket_row(db, stop["ticket_id"])
             self._log(db, now, "hold", source=source, ticket=ticket, stop=stop, counter=counter)
             out.counters.add(counter)
+            self._touch(db, stop["ticket_id"], out)
             out.ticket = ticket["number"]
         out.ja, out.en = f"{out.ticket}番を保留にしました", f"Number {out.ticket} on hold"
         return out
@@ -636,6 +677,7 @@ class QueueEngine:
             self._set_counter(db, counter, None, now)
             self._log(db, now, "transfer", source=source, ticket=ticket, stop=stop, counter=counter, detail={"to": service})
             out.counters.add(counter)
+            self._touch(db, ticket["id"], out)
             out.ticket = ticket["number"]
         name = self._services[service]
         out.ja, out.en = f"{out.ticket}番を{name.name_ja}へ回付しました", f"Number {out.ticket} sent to {name.name_en}"
@@ -710,8 +752,9 @@ class QueueEngine:
         counts = {s.id: 0 for s in self.site.services}
         rows = self.store.conn.execute(
             "SELECT s.service, COUNT(*) FROM stops s JOIN tickets t ON t.id=s.ticket_id"
-            " WHERE t.state='active' AND t.site=? AND s.state IN ('waiting', 'away', 'held') GROUP BY s.service",
-            (self.site.site.id,),
+            " WHERE t.state='active' AND t.site=? AND t.day=? AND s.state IN ('waiting', 'away', 'held')"
+            " GROUP BY s.service",
+            (self.site.site.id, self.today()),
         )
         for service, n in rows:
             counts[service] = n

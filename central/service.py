@@ -38,6 +38,11 @@ from central.queue import Outcome, QueueEngine, QueueError, StopState
 
 logger = logging.getLogger(__name__)
 
+#: A press stamped further in the future than this is refused (clock_skew).
+MAX_SKEW = timedelta(seconds=10)
+#: The longest an intent may live (edge config allows at most 30 s).
+MAX_INTENT_LIFE = timedelta(seconds=30)
+
 #: Board updates are coalesced over this many seconds (it must still update
 #: within a second of a call: issue #6).
 BOARD_COALESCE_S = 0.2
@@ -72,21 +77,9 @@ class Central:
         self.topics = Topics(site.site.id)
         self.stats = Stats()
         self.devices: dict[str, DeviceSeen] = {d.id: DeviceSeen() for d in site.devices}
-        self._listeners: list = []
         self._pruned_at = float("-inf")
         self._board_due = False
-
-    # ---------------------------------------------------------------- listeners
-    def subscribe(self, callback) -> None:
-        """``callback(kind: str)`` after every change (for live web pages)."""
-        self._listeners.append(callback)
-
-    def _changed(self, kind: str) -> None:
-        for cb in list(self._listeners):
-            try:
-                cb(kind)
-            except Exception:  # one bad listener must not stop the others
-                logger.exception("listener failed")
+        self._board_timer: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- bus in
     def reject(self, reason: str, topic: str, detail: str) -> None:
@@ -150,6 +143,18 @@ class Central:
             )
             return
         now = utcnow()
+        if event.ts - now > MAX_SKEW or event.expires_at - now > MAX_SKEW + MAX_INTENT_LIFE:
+            # The Pi's clock is far ahead of ours: its deadline means nothing.
+            # (A Pi without NTP; the counter corrects its clock from our
+            # display commands, so this only happens before the first one.)
+            self.reject(
+                "clock_skew",
+                self.topics.event(device.id, "intent"),
+                f"{device.id}: pressed at {event.ts.isoformat()}, {(event.ts - now).total_seconds():.1f} s in the future",
+            )
+            self.push_display(device.counter, in_reply_to=event.event_id,
+                              ja="時計がずれています。もう一度押してください", en="Clock out of sync, press again")
+            return
         if event.expires_at <= now:
             # A press that arrives after its deadline must not call anyone now.
             self.reject(
@@ -194,7 +199,6 @@ class Central:
                 self.push_display(counter, recall=recall)
         if outcome.calls or outcome.counters:
             self.publish_board_soon()
-        self._changed("queue")
 
     def display_for(
         self, counter: str, *, in_reply_to: uuid.UUID | None = None, ja: str = "", en: str = "", recall: bool = False
@@ -206,9 +210,11 @@ class Central:
             waiting=view.waiting, text_ja=ja[:80], text_en=en[:80],
         )
         if view.stop is None:
-            if not ja:
+            if not ja and view.waiting:
                 common["text_ja"] = f"お待ちの方 {view.waiting}人"
                 common["text_en"] = f"{view.waiting} waiting"
+            elif not ja:
+                common["text_ja"], common["text_en"] = "お待ちの方はいません", "No one is waiting"
             return DisplayCommand(mode=DisplayMode.IDLE, **common)
         service = self.site.service(view.stop.service)
         mode = DisplayMode.CALLING if view.stop.state == StopState.CALLED.value else DisplayMode.SERVING
@@ -263,7 +269,13 @@ class Central:
             self.publish_board()
             return
         self._board_due = True
-        loop.call_later(BOARD_COALESCE_S, self.publish_board)
+        self._board_timer = loop.call_later(BOARD_COALESCE_S, self.publish_board)
+
+    def close(self) -> None:
+        """Stop timers (before the store closes)."""
+        if self._board_timer is not None:
+            self._board_timer.cancel()
+            self._board_timer = None
 
     def resync(self) -> None:
         """After (re)connecting: every display and the board from the database."""
@@ -284,4 +296,4 @@ class Central:
             for counter in self.site.counters:
                 self.push_display(counter.id)
             self.publish_board()
-            self._changed("queue")
+    

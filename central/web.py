@@ -233,8 +233,15 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
             return act(engine.start(counter, source="api"), counter)
         # The same key means the same press: a retried request is applied once
         # (like a button event's event_id).
-        key = f"http:{idempotency_key}" if idempotency_key else None
-        return act(simple[action](counter, source="api", event_id=key, device="api"), counter)
+        key = f"http:{counter}:{action}:{idempotency_key}" if idempotency_key else None
+        outcome = simple[action](counter, source="api", event_id=key, device="api")
+        if outcome.duplicate:
+            # Answer a retry with where the counter is now (the first answer
+            # was lost on the way, the action itself was applied once).
+            view = engine.counter_view(counter)
+            central.apply(outcome, origin=counter)
+            return ActionOut(ticket=view.ticket, message_ja="処理済みです", message_en="already done (retry)")
+        return act(outcome, counter)
 
     @app.get("/api/v1/stats")
     async def stats():

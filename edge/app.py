@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import time
 import uuid
 from importlib.metadata import PackageNotFoundError, version
@@ -48,16 +47,6 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _local_ip(towards: str, port: int) -> str | None:
-    """The address we reach the broker from (no packet is sent)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((towards if towards != "localhost" else "127.0.0.1", port))
-            return s.getsockname()[0]
-    except OSError:
-        return None
-
-
 class EdgeDaemon:
     """One edge device.  ``pin_factory`` and ``display`` may be given (tests,
     the benchmark); otherwise they come from the config."""
@@ -85,6 +74,7 @@ class EdgeDaemon:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._last_health: dict | None = None
+        self._fatal_reason: str | None = None
 
     # ------------------------------------------------------------ parts
     def _make_display(self) -> Display:
@@ -114,7 +104,7 @@ class EdgeDaemon:
 
     def _health(self) -> Health:
         parts: dict[str, PeripheralHealth] = {}
-        for name, part in (("buttons", self.buttons), ("display", self.display)):
+        for name, part in (("buttons", self.buttons), ("display", self.display), ("clock", self.role.clock if self.role else None)):
             if part is None:
                 parts[name] = PeripheralHealth(status=HealthState.ABSENT)
                 continue
@@ -131,7 +121,7 @@ class EdgeDaemon:
                 "buttons": PeripheralInfo(driver=self.config.buttons.driver),
                 "display": PeripheralInfo(driver=display_driver),
             },
-            ip=_local_ip(self.config.mqtt.host, self.config.mqtt.port), boot_id=self.boot_id, started_at=self.started_at,
+            ip=self.session.local_ip if self.session else None, boot_id=self.boot_id, started_at=self.started_at,
         )
 
     def _retained(self):
@@ -186,6 +176,7 @@ class EdgeDaemon:
                 subscriptions=[self.topics.device_commands(cfg.device.id), self.topics.central_status()],
                 retained=self._retained,
                 on_connected=lambda: None, on_disconnected=self._on_disconnected, on_message=self._on_message,
+                on_fatal=self._fatal,
             )
             self.role = CounterRole(cfg, self.topics, self.display, self.session, boot_id=self.boot_id)
             # Peripherals are up: the counter works (and says "connecting")
@@ -198,7 +189,7 @@ class EdgeDaemon:
                     await asyncio.wait_for(self._stop.wait(), HEALTH_EVERY_S)
                 except TimeoutError:
                     self._publish_health_if_changed()
-            return 0
+            return 1 if self._fatal_reason else 0
         finally:
             if self.session is not None:
                 self.session.stop()
@@ -219,6 +210,12 @@ class EdgeDaemon:
         if summary != self._last_health:
             self._last_health = summary
             self.session.publish(self.topics.health(self.config.device.id), health, retain=True)
+
+    def _fatal(self, reason: str) -> None:
+        logger.error("%s: stopping: %s", self.config.device.id, reason)
+        self._fatal_reason = reason
+        if self._stop is not None:
+            self._stop.set()
 
     def request_stop(self) -> None:
         """Thread-safe: ask :meth:`run` to finish."""

@@ -17,11 +17,13 @@ Runs on the edge daemon's asyncio loop.  The rules a counter needs:
 from __future__ import annotations
 
 import asyncio
+import collections
+import statistics
 import logging
 import time
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from bus import PayloadError, decode
 from bus.models import (
@@ -44,6 +46,42 @@ NOT_CONNECTED = ("センターに接続できません。もう一度押して�
 NOT_DELIVERED = ("届きませんでした。もう一度押してください", "Not delivered, please press again")
 
 
+class CentralClock:
+    """Central's clock as seen from this Pi.
+
+    A Pi has no real-time clock: until NTP syncs, or when it fails, its time
+    can be off by seconds or years.  Both press deadlines (checked by central)
+    and display deadlines (checked here) compare the two clocks, so the offset
+    is estimated from every display command's ``issued_at`` (central's clock,
+    late by the network delay, a few ms) and applied to both.  The median of
+    the last samples ignores one late-delivered command.
+    """
+
+    SAMPLES = 7
+    #: Offsets above this are reported in health as a clock problem.
+    WARN_S = 2.0
+
+    def __init__(self) -> None:
+        self._samples: collections.deque[float] = collections.deque(maxlen=self.SAMPLES)
+
+    def sample(self, central_time: datetime) -> None:
+        self._samples.append((central_time - utcnow()).total_seconds())
+
+    @property
+    def offset_s(self) -> float:
+        """Central's clock minus ours, in seconds (0 until a command arrived)."""
+        return statistics.median(self._samples) if self._samples else 0.0
+
+    def now(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.offset_s)
+
+    def health(self) -> tuple[str, str | None, str | None]:
+        offset = self.offset_s
+        if abs(offset) > self.WARN_S:
+            return "warning", "clock_skew", f"clock differs from central by {offset:+.1f} s (check NTP)"
+        return "ok", None, None
+
+
 class CounterRole:
     def __init__(self, config: EdgeConfig, topics: Topics, display: Display, session, *, boot_id: str) -> None:
         self.config = config
@@ -60,6 +98,7 @@ class CounterRole:
         self.central_online = False
         self._central_boot: str | None = None
         self._last_issued = None
+        self.clock = CentralClock()
         self.stats = {"pressed": 0, "ignored_repeat": 0, "ignored_in_flight": 0, "refused_offline": 0, "timed_out": 0, "sent": 0, "bad_command": 0, "late_command": 0}
         self._show(Screen(mode="idle", counter_ja=config.device.counter_name_ja, counter_en=config.device.counter_name_en,
                           text_ja="接続しています…", text_en="Connecting…"))
@@ -71,9 +110,12 @@ class CounterRole:
             return Screen(mode="idle", counter_ja=self.config.device.counter_name_ja, counter_en=self.config.device.counter_name_en)
         return current
 
-    def _show(self, screen: Screen) -> None:
-        if screen == self.display.current and not screen.recall:
-            return  # same picture: don't restart the blink
+    def _show(self, screen: Screen, *, answer: bool = False) -> None:
+        """Show ``screen``; an identical unsolicited update is skipped (it would
+        restart the blink), but an answer to a press is always shown: staff
+        see their press was heard even when nothing changed."""
+        if screen == self.display.current and not screen.recall and not answer:
+            return
         self.display.show(screen)
 
     def notice(self, ja: str, en: str) -> None:
@@ -86,11 +128,13 @@ class CounterRole:
         intent = Intent(name)
         self.stats["pressed"] += 1
         last = self._last_press.get(intent)
-        self._last_press[intent] = monotonic
         if last is not None and monotonic - last < self.config.buttons.repeat_guard_ms / 1000:
+            # Measured from the last *accepted* press: someone pressing every
+            # half second still gets a press through now and then.
             self.stats["ignored_repeat"] += 1
             logger.info("%s: %s pressed again within %d ms: ignored", self.device, intent.value, self.config.buttons.repeat_guard_ms)
             return
+        self._last_press[intent] = monotonic
         if intent in self.pending.values():
             self.stats["ignored_in_flight"] += 1
             logger.info("%s: %s already on its way: ignored", self.device, intent.value)
@@ -101,13 +145,17 @@ class CounterRole:
                            "no broker" if not self.session.connected else "central offline")
             self.notice(*NOT_CONNECTED)
             return
-        now = utcnow()
+        now = self.clock.now()  # central's time, as far as we can tell
         timeout = self.config.counter.intent_timeout_s
         event = IntentEvent(
             event_id=uuid.uuid4(), boot_id=self.boot_id, seq=self._seq, ts=now,
             counter=self.counter, intent=intent, expires_at=now + timedelta(seconds=timeout),
         )
-        if not self.session.publish(self.topics.event(self.device, "intent"), event, qos=1, expiry_s=timeout):
+        # QoS 0 on purpose: a press is at-most-once.  paho re-sends an
+        # unacknowledged QoS 1 message after a reconnect, which is exactly the
+        # late press that must never happen; a press lost with a dying
+        # connection is reported by the timeout below instead.
+        if not self.session.publish(self.topics.event(self.device, "intent"), event, qos=0, expiry_s=timeout):
             self.stats["refused_offline"] += 1
             self.notice(*NOT_CONNECTED)
             return
@@ -158,7 +206,8 @@ class CounterRole:
         return False
 
     def on_display(self, cmd: DisplayCommand) -> None:
-        if cmd.expired():
+        self.clock.sample(cmd.issued_at)
+        if cmd.expired(self.clock.now()):
             self.stats["late_command"] += 1
             logger.warning("%s: display command %s expired at %s: not shown", self.device, cmd.command_id, cmd.expires_at)
             return
@@ -175,7 +224,8 @@ class CounterRole:
                 counter_ja=self.config.device.counter_name_ja, counter_en=self.config.device.counter_name_en,
                 service_ja=cmd.service_ja, service_en=cmd.service_en,
                 text_ja=cmd.text_ja, text_en=cmd.text_en, waiting=cmd.waiting,
-            )
+            ),
+            answer=cmd.in_reply_to is not None,
         )
 
     def on_disconnected(self) -> None:

@@ -3,14 +3,17 @@
 * Offline-first: the daemon starts and serves its counter without a broker;
   this session keeps trying in its own thread and catches up when it can.
 * Reconnects with random capped back-off (``uniform(0, min(cap, 1.5**n))``,
-  as aiomqtt advises) so a hundred Pis don't hit a restarted broker at once.
+  as aiomqtt advises) so a hundred Pis don't hit a restarted broker at once;
+  ``n`` starts again at 0 after every accepted connection.
 * Registers a retained last will ``{"state": "offline", "boot_id": ...}`` and
   re-publishes the retained birth, info and health on **every** connect: after
   a broker restart the retained birth may be gone, and the device would
   otherwise look offline until it rebooted.
-* Runs paho's network loop by hand (``client.loop()``) in a named thread and
-  hands everything that arrives to the asyncio loop; it never touches the
-  daemon's state itself.
+* Runs paho's network loop by hand (``client.loop()``) in one named thread,
+  which is the only thread that touches the socket: :meth:`publish` from the
+  asyncio loop only queues the packet and wakes that thread (see
+  ``_wake_only``).  Everything that arrives is handed to the asyncio loop;
+  this thread never touches the daemon's state.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 import random
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,11 +38,21 @@ from bus.topics import Topics
 
 logger = logging.getLogger(__name__)
 
+#: Unreachable-broker reports: quiet for the first attempts (a broker restart
+#: takes a few seconds), then a WARNING, then an ERROR once it has lasted.
+WARN_AFTER_ATTEMPTS = 3
+ERROR_AFTER_S = 300.0
+
 
 @dataclass(frozen=True)
 class Received:
     topic: str
     payload: bytes
+
+
+def backoff(attempt: int, cap: float) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0-based)."""
+    return random.uniform(0, min(cap, 1.5 ** min(attempt, 30)))
 
 
 def _no_delay(client: mqtt.Client) -> None:
@@ -52,18 +66,31 @@ def _no_delay(client: mqtt.Client) -> None:
             logger.debug("TCP_NODELAY not set: %s", exc)
 
 
-def backoff(attempt: int, cap: float) -> float:
-    """Seconds to wait before reconnect attempt ``attempt`` (0-based)."""
-    return random.uniform(0, min(cap, 1.5 ** min(attempt, 30)))
+def _wake_only(client, userdata, sock) -> None:
+    """paho calls this when it has something to write.
+
+    Registering it is what keeps paho, run by hand, from writing the socket
+    directly from whichever thread called ``publish()``: with a write callback
+    set, ``publish()`` only queues the packet and wakes our network thread
+    (through paho's socket pair), and that thread writes it.
+    """
+
+
+def _local_ip(sock) -> str | None:
+    try:
+        return sock.getsockname()[0]
+    except (OSError, AttributeError, IndexError):
+        return None
 
 
 class EdgeSession:
     """One device's connection to the broker.
 
     Callbacks run on the asyncio loop given to :meth:`start`:
-    ``on_connected()``, ``on_disconnected()``, ``on_message(Received)``.
-    ``retained()`` returns the (topic, message) pairs published retained on
-    every connect after the birth (info, health).
+    ``on_connected()``, ``on_disconnected()``, ``on_message(Received)`` and
+    ``on_fatal(str)`` (the network thread hit a bug and stopped: the daemon
+    must exit so systemd restarts it).  ``retained()`` returns the (topic,
+    message) pairs published retained on every connect after the birth.
     """
 
     def __init__(
@@ -83,6 +110,7 @@ class EdgeSession:
         on_connected: Callable[[], None],
         on_disconnected: Callable[[], None],
         on_message: Callable[[Received], None],
+        on_fatal: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.topics = topics
         self.device = device
@@ -95,12 +123,16 @@ class EdgeSession:
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
         self._on_message = on_message
+        self._on_fatal = on_fatal
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = False
         self.connects = 0
+        #: The address this device reaches the broker from (for its info).
+        self.local_ip: str | None = None
         self._attempt = 0
+        self._unreachable_since: float | None = None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
         if username:
             self.client.username_pw_set(username, password)
@@ -109,20 +141,23 @@ class EdgeSession:
         self.client.on_connect = self._connected
         self.client.on_disconnect = self._disconnected
         self.client.on_message = self._message
+        self.client.on_socket_register_write = _wake_only
 
     # ------------------------------------------------------------ paho thread
     def _run(self) -> None:
+        try:
+            self._connect_loop()
+        except Exception as exc:  # a bug, not a network problem: say so and stop the daemon
+            logger.exception("%s: MQTT thread failed", self.device)
+            self._hand_over(self._on_fatal, f"MQTT thread failed: {exc}")
+
+    def _connect_loop(self) -> None:
         self._attempt = 0
         while not self._stop.is_set():
-            attempt = self._attempt
             try:
                 self.client.connect(self.host, self.port, self.keepalive_s, clean_start=True)
             except (OSError, mqtt.WebsocketConnectionError) as exc:
-                delay = backoff(attempt, self.reconnect_cap_s)
-                level = logging.INFO if attempt == 0 else logging.DEBUG
-                logger.log(level, "%s: broker %s:%d unreachable (%s); retry in %.1f s", self.device, self.host, self.port, exc, delay)
-                self._attempt += 1
-                self._stop.wait(delay)
+                self._unreachable(exc)
                 continue
             while not self._stop.is_set():
                 rc = self.client.loop(timeout=0.5)
@@ -135,12 +170,35 @@ class EdgeSession:
                 self._stop.wait(delay)
         self.client.loop(timeout=0.1)  # flush the goodbye
 
+    def _unreachable(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._unreachable_since is None:
+            self._unreachable_since = now
+        delay = backoff(self._attempt, self.reconnect_cap_s)
+        lasted = now - self._unreachable_since
+        if lasted > ERROR_AFTER_S and self._attempt % 10 == 0:
+            level = logging.ERROR
+        elif self._attempt == WARN_AFTER_ATTEMPTS or (self._attempt > WARN_AFTER_ATTEMPTS and self._attempt % 10 == 0):
+            level = logging.WARNING
+        elif self._attempt == 0:
+            level = logging.INFO
+        else:
+            level = logging.DEBUG
+        logger.log(
+            level, "%s: broker %s:%d unreachable for %.0f s (%s); retry in %.1f s",
+            self.device, self.host, self.port, lasted, exc, delay,
+        )
+        self._attempt += 1
+        self._stop.wait(delay)
+
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             logger.error("%s: broker refused the connection: %s", self.device, reason_code)
             return
         _no_delay(client)
+        self.local_ip = _local_ip(client.socket())
         self._attempt = 0
+        self._unreachable_since = None
         self.connected = True
         self.connects += 1
         birth = Status(state=DeviceState.ONLINE, boot_id=self.boot_id, since=utcnow())
@@ -152,7 +210,7 @@ class EdgeSession:
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected
         self.connected = False
-        if was:
+        if was and not self._stop.is_set():
             logger.warning("%s: lost the broker (%s); reconnecting", self.device, reason_code)
             self._hand_over(self._on_disconnected)
 
@@ -161,7 +219,7 @@ class EdgeSession:
 
     def _hand_over(self, fn, *args) -> None:
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if loop is not None and not loop.is_closed() and not self._stop.is_set():
             loop.call_soon_threadsafe(fn, *args)
 
     # ------------------------------------------------------------ loop side
@@ -176,7 +234,8 @@ class EdgeSession:
         self._thread.start()
 
     def publish(self, topic: str, message: Message, *, qos: int = 1, retain: bool = False, expiry_s: float | None = None) -> bool:
-        """Queue ``message``; False if not connected (nothing is queued then)."""
+        """Queue ``message`` for the network thread; False if not connected
+        (nothing is queued then)."""
         if not self.connected:
             return False
         props = None
@@ -187,14 +246,15 @@ class EdgeSession:
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def stop(self, timeout: float = 3.0) -> None:
-        """Publish a clean offline status, disconnect and join the thread."""
+        """Publish a clean offline status, disconnect and join the thread.
+        No callback reaches the loop after this starts."""
         if self._thread is None:
             return
+        self._stop.set()
         if self.connected:
             bye = Status(state=DeviceState.OFFLINE, boot_id=self.boot_id, since=utcnow())
             self.client.publish(self.topics.status(self.device), encode(bye), qos=1, retain=True)
             self.client.disconnect()
-        self._stop.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             logger.warning("%s: MQTT thread did not stop within %.1f s", self.device, timeout)

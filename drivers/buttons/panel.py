@@ -35,11 +35,14 @@ class ButtonError(DriverError):
 class Debouncer:
     """Lock-out debounce for one contact; pure logic, no GPIO, not thread-safe.
 
-    :meth:`accept` says whether an edge at time ``now`` is a new press: it is, unless an
-    edge was *accepted* less than ``window_s`` seconds before. Rejected edges (bounces)
-    do not extend the window, so a contact that chatters for longer than ``window_s``
-    can give a second press; choose the window longer than the switch's bounce time
-    (a few ms for tactile switches) and shorter than a person's double press (~150 ms).
+    :meth:`accept` says whether an edge at time ``now`` is a new press: it is, unless a
+    press was *accepted*, or the contact was *released* (:meth:`release`), less than
+    ``window_s`` seconds before.  The release counts because a contact bounces when it
+    opens too: without it, letting go of a button could read as a second press.
+    Rejected presses (bounces) do not extend the window, so a contact that chatters for
+    longer than ``window_s`` can give a second press; choose the window longer than the
+    switch's bounce time (a few ms for tactile switches) and shorter than a person's
+    double press (~150 ms).
 
     Args:
         window_s: the lock-out window in seconds (>= 0; 0 accepts every edge).
@@ -53,6 +56,7 @@ class Debouncer:
             raise ValueError(f"window_s must be >= 0, got {window_s}")
         self._window_s = window_s
         self._last: float | None = None
+        self._released: float | None = None
 
     @property
     def window_s(self) -> float:
@@ -66,14 +70,21 @@ class Debouncer:
         goes backwards (``now`` before the last accepted edge) counts as within the window.
         """
         # A negative difference (clock went backwards) is "within the window" too.
-        if self._last is not None and now - self._last < self._window_s:
-            return False
+        for last in (self._last, self._released):
+            if last is not None and now - last < self._window_s:
+                return False
         self._last = now
         return True
 
+    def release(self, now: float) -> None:
+        """Note that the contact opened at ``now``: presses within the window after it
+        are release bounce, not presses."""
+        self._released = now
+
     def reset(self) -> None:
-        """Forget the last accepted edge: the next edge is accepted."""
+        """Forget the last edges: the next edge is accepted."""
         self._last = None
+        self._released = None
 
 
 class ButtonPanel:
@@ -138,6 +149,7 @@ class ButtonPanel:
                     raise ButtonError(f"button {name!r}: cannot open GPIO pin {pin!r}: {exc}") from exc
                 self._buttons[name] = button
                 button.when_pressed = self._callback_for(name)
+                button.when_released = self._release_callback_for(name)
         except BaseException:
             self._close_buttons()
             raise
@@ -217,6 +229,16 @@ class ButtonPanel:
         pressed.__name__ = f"pressed_{name}"
         return pressed
 
+    def _release_callback_for(self, name: str) -> Callable[[], None]:
+        def released() -> None:
+            now = self._clock()
+            with self._lock:
+                if not self._closed:
+                    self._debouncers[name].release(now)
+
+        released.__name__ = f"released_{name}"
+        return released
+
     def _pressed(self, name: str) -> None:
         now = self._clock()
         with self._lock:
@@ -237,13 +259,22 @@ class ButtonPanel:
         for name, button in reversed(list(self._buttons.items())):
             try:
                 button.when_pressed = None
+                button.when_released = None
                 button.close()
             except Exception:
                 logger.exception("button panel: closing %s failed", name)
         self._buttons.clear()
 
 
-def press(pin_factory: Any, pin: int | str, *, hold_s: float = 0.03, bounces: int = 0, pull_up: bool = True) -> None:
+def press(
+    pin_factory: Any,
+    pin: int | str,
+    *,
+    hold_s: float = 0.03,
+    bounces: int = 0,
+    release_bounces: int = 0,
+    pull_up: bool = True,
+) -> None:
     """Press a button on a simulated pin: **for gpiozero's MockFactory only** (tests, demo).
 
     Drives ``pin`` to its active level (low with ``pull_up=True``) for ``hold_s`` seconds,
@@ -255,7 +286,8 @@ def press(pin_factory: Any, pin: int | str, *, hold_s: float = 0.03, bounces: in
         pin_factory: a ``gpiozero.pins.mock.MockFactory`` (the one the panel uses).
         pin: the pin spec, as given to the panel.
         hold_s: how long the button is held, in seconds.
-        bounces: how many bounces before the contact settles.
+        bounces: how many bounces before the contact settles when pressed.
+        release_bounces: how many bounces when the contact opens again.
         pull_up: as given to the panel (which level is "pressed").
 
     Raises:
@@ -275,3 +307,8 @@ def press(pin_factory: Any, pin: int | str, *, hold_s: float = 0.03, bounces: in
     active()
     time.sleep(hold_s)
     inactive()
+    for _ in range(release_bounces):
+        time.sleep(0.001)
+        active()
+        time.sleep(0.001)
+        inactive()

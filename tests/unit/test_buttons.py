@@ -90,6 +90,22 @@ def test_bouncing_press_gives_exactly_one_on_press(factory):
         assert panel.stats["call"]["bounced"] == 5  # the 5 bounces' later falling edges
 
 
+def test_bounce_on_release_is_not_a_second_press(factory):
+    rec = Recorder()
+    with ButtonPanel({"call": 17}, rec, pin_factory=factory) as panel:
+        press(factory, 17, hold_s=0.15, release_bounces=3)  # held longer than the window
+        assert rec.names == ["call"]
+        assert panel.stats["call"]["bounced"] == 3
+
+
+def test_debouncer_release_opens_a_new_window():
+    d = Debouncer(0.05)
+    assert d.accept(0.0)
+    d.release(0.20)
+    assert not d.accept(0.21)  # release bounce
+    assert d.accept(0.26)
+
+
 def test_two_presses_200ms_apart_give_two(factory):
     rec = Recorder()
     with ButtonPanel({"call": 17, "recall": 27}, rec, pin_factory=factory):
@@ -104,7 +120,8 @@ def test_two_presses_200ms_apart_give_two(factory):
 
 def test_press_time_comes_from_the_clock(factory):
     rec = Recorder()
-    ticks = iter([100.0, 100.01, 200.0])
+    # each press reads the clock twice: when pressed and when released
+    ticks = iter([100.0, 100.0, 100.01, 100.01, 200.0, 200.0])
     with ButtonPanel({"call": 17}, rec, pin_factory=factory, clock=lambda: next(ticks)):
         press(factory, 17, hold_s=0)  # t=100.0: accepted
         press(factory, 17, hold_s=0)  # t=100.01: within 50 ms, bounced

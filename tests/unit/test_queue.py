@@ -127,6 +127,20 @@ def test_yesterdays_leftover_tickets_are_not_called_today(engine, clock):
     assert engine.call_next("1").calls == []
 
 
+def test_wait_estimates_count_only_todays_tickets(engine, clock):
+    for _ in range(5):
+        engine.issue(["tennyu", "kokuho-kanyu"])
+    waiting = engine.waiting_by_service()
+    assert (waiting["juminido"], waiting["kokuho"], waiting["shomei"]) == (5, 5, 0)
+    assert engine.estimate_minutes()["juminido"] == 5 * 15  # typical 15 min, one counter
+    clock.now = datetime(2025, 4, 2, 0, 0, tzinfo=timezone.utc)  # next morning, nobody here yet
+    assert set(engine.waiting_by_service().values()) == {0}
+    assert set(engine.estimate_minutes().values()) == {0}
+    engine.issue(["juminhyo"])
+    # 証明書: one waiting, 4 min, two counters serve it.
+    assert engine.estimate_minutes()["shomei"] == 2
+
+
 @pytest.mark.parametrize(
     ("procedures", "services"),
     [
@@ -329,7 +343,7 @@ def test_no_show_goes_away_for_the_grace_period_and_returns_at_its_old_place(eng
     a, b, c, d = (engine.issue(["tennyu"]).number for _ in range(4))
     engine.call_next("1")
     out = engine.no_show("1")
-    assert out.ticket == a and out.counters == {"1"}
+    assert out.ticket == a and "1" in out.counters
     away = stop(engine, a, "juminido")
     assert away.state == "away" and away.no_shows == 1
     assert away.returns_at == T0 + timedelta(seconds=GRACE_S)
@@ -397,7 +411,7 @@ def test_hold_frees_the_counter_until_called_back_by_number(engine):
     b = engine.issue(["tennyu"]).number
     engine.call_next("1")
     out = engine.hold("1")
-    assert out.ticket == a and out.counters == {"1"}
+    assert out.ticket == a and "1" in out.counters
     assert stop(engine, a, "juminido").state == "held"
     assert at_counter(engine, "1") is None
     assert called(engine.call_next("1")) == [(b, "1", "juminido")]
@@ -457,7 +471,7 @@ def test_add_stop_reopens_a_done_ticket_at_its_original_place(engine):
     assert engine.ticket(a).state == "done"
     b = engine.issue(["kokuho-kanyu"]).number
     out = engine.add_stop(a, "kokuho")
-    assert out.ticket == a and out.counters == {"2"}
+    assert out.ticket == a and "2" in out.counters
     ticket = engine.ticket(a)
     assert ticket.state == "active"
     assert [(s.service, s.state) for s in ticket.stops] == [("juminido", "done"), ("kokuho", "waiting")]
@@ -485,7 +499,7 @@ def test_finishing_the_last_stop_closes_the_ticket(engine, clock):
     other = engine.issue(["juminhyo"]).number
     engine.call_next("1")
     out = engine.finish("1")
-    assert out.ticket == a and out.counters == {"1"}
+    assert out.ticket == a and "1" in out.counters
     assert engine.ticket(a).state == "active"
     engine.call_next("2")
     clock.advance(90)
@@ -731,11 +745,15 @@ class QueueMachine(RuleBasedStateMachine):
         assert set(engaged_at) <= {counter}, "called a ticket engaged elsewhere"
 
     # Weighted towards no-shows: a stop's second no-show needs a few steps to reach.
-    @rule(data=st.data(), action=st.sampled_from(["finish", "finish", "no_show", "no_show", "no_show", "hold", "start", "recall"]))
+    @rule(
+        data=st.data(),
+        action=st.sampled_from(["finish", "finish", "no_show", "no_show", "no_show", "hold", "start", "recall"]),
+    )
     def staff(self, data, action):
         # Mostly at a counter that has someone (at an empty one it is only "empty").
         busy = self.busy_counters()
-        counter = data.draw(st.sampled_from(busy if busy and data.draw(st.integers(0, 9)) else COUNTERS), label="counter")
+        pool = busy if busy and data.draw(st.integers(0, 9)) else COUNTERS
+        counter = data.draw(st.sampled_from(pool), label="counter")
         before = self.snapshot()
         current = self.current(counter)
         state = None if current is None else self.stop_row(current)["state"]
@@ -748,7 +766,10 @@ class QueueMachine(RuleBasedStateMachine):
                 assert current is None
             else:
                 # Only a called visitor can be recalled or marked absent.
-                assert (action, err.code, state) in {("recall", "conflict", "serving"), ("no_show", "conflict", "serving")}, err
+                assert (action, err.code, state) in {
+                    ("recall", "conflict", "serving"),
+                    ("no_show", "conflict", "serving"),
+                }, err
             return
         assert current is not None, f"{action} succeeded on an empty counter"
         after = self.stop_row(current)["state"]
@@ -766,7 +787,8 @@ class QueueMachine(RuleBasedStateMachine):
         else:
             assert self.current(counter) == current
         if after == "away":
-            assert datetime.fromisoformat(self.stop_row(current)["returns_at"]) == self.clock() + timedelta(seconds=GRACE_MACHINE_S)
+            returns = datetime.fromisoformat(self.stop_row(current)["returns_at"])
+            assert returns == self.clock() + timedelta(seconds=GRACE_MACHINE_S)
 
     # Within the no-show grace (30 s), at it, past it; now and then to the next day.
     @rule(seconds=st.sampled_from([1, 10, 29, 30, 31, 60, 300, 12 * 3600]))
@@ -788,6 +810,11 @@ class QueueMachine(RuleBasedStateMachine):
                 assert s["state"] in ENGAGED and s["counter"] == counter, (counter, s)
         # Every engaged stop is some counter's current one (none is lost).
         assert {s["id"] for s in stops if s["state"] in ENGAGED} == set(current)
+        # Nobody is at a counter whose service must wait for another of their stops.
+        for s in stops:
+            if s["state"] in ENGAGED:
+                mates = [m for m in stops if m["ticket_id"] == s["ticket_id"]]
+                assert not any(m["service"] in AFTER[s["service"]] and m["state"] not in FINISHED for m in mates), s
         days = defaultdict(list)
         for t in tickets.values():
             days[t["day"]].append(t["number"])
@@ -804,8 +831,8 @@ class QueueMachine(RuleBasedStateMachine):
 
 TestQueueMachine = QueueMachine.TestCase
 TestQueueMachine.settings = settings(
-    max_examples=70,
-    stateful_step_count=50,
+    max_examples=50,
+    stateful_step_count=40,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
