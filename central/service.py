@@ -43,7 +43,8 @@ MAX_SKEW = timedelta(seconds=10)
 #: The longest an intent may live (edge config allows at most 30 s).
 MAX_INTENT_LIFE = timedelta(seconds=30)
 
-#: Board updates are coalesced over this many seconds (it must still update
+#: Board updates, and the waiting counts of counters other than the one that
+#: acted, are coalesced over this many seconds (the board must still update
 #: within a second of a call: issue #6).
 BOARD_COALESCE_S = 0.2
 
@@ -80,6 +81,7 @@ class Central:
         self._pruned_at = float("-inf")
         self._board_due = False
         self._board_timer: asyncio.TimerHandle | None = None
+        self._refresh_due: set[str] = set()
 
     # ---------------------------------------------------------------- bus in
     def reject(self, reason: str, topic: str, detail: str) -> None:
@@ -188,15 +190,18 @@ class Central:
     # ---------------------------------------------------------------- bus out
     def apply(self, outcome: Outcome, *, origin: str | None = None, in_reply_to: uuid.UUID | None = None) -> None:
         """Push the displays and the board an action changed."""
-        counters = set(outcome.counters)
-        if origin:
-            counters.add(origin)
-        for counter in sorted(counters):
+        called = {c.counter for c in outcome.calls}
+        now = called | ({origin} if origin else set())
+        for counter in sorted(now):
             recall = any(c.recall and c.counter == counter for c in outcome.calls)
             if counter == origin:
                 self.push_display(counter, in_reply_to=in_reply_to, ja=outcome.ja, en=outcome.en, recall=recall)
             else:
                 self.push_display(counter, recall=recall)
+        # The others only see their waiting count move: refreshed together
+        # within BOARD_COALESCE_S (twenty counters sharing a service would
+        # otherwise get twenty displays each per press in a 9:00 rush).
+        self._refresh_due.update(set(outcome.counters) - now)
         if outcome.calls or outcome.counters:
             self.publish_board_soon()
 
@@ -254,7 +259,12 @@ class Central:
         return LobbyBoard(ts=utcnow(), calls=calls, waits=waits)
 
     def publish_board(self) -> None:
+        """Refresh the displays waiting for it, then publish the board."""
         self._board_due = False
+        self._board_timer = None
+        due, self._refresh_due = self._refresh_due, set()
+        for counter in sorted(due):
+            self.push_display(counter)
         self.publisher.publish(self.topics.lobby_board(), self.board(), qos=1, retain=True)
 
     def publish_board_soon(self) -> None:

@@ -54,6 +54,8 @@ def test_three_stops_travel_1_2_3_in_order_without_being_overtaken(office):
     # ahead of B, who was issued later.
     c1.press("finish")
     c1.shows(None)
+    # Counter 2's staff see A join their queue (B and A waiting) without pressing.
+    c2.display.wait_for(lambda s: s.waiting == 2, timeout=2)
     c2.press("call_next")
     assert c2.shows(a, mode="calling").service_ja == "国民健康保険"
     assert showing([c1, c2, c3], a) == ["2"]
