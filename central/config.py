@@ -200,6 +200,15 @@ class QueueSettings(Strict):
     display_command_ttl_s: float = Field(default=30.0, ge=1, le=600)
     #: The lobby board lists this many recent calls.
     board_calls: int = Field(default=8, ge=1, le=20)
+    #: Who a counter calls next (docs/queue.md, measured in docs/simulation.md):
+    #: "lifetime": original place (issue order) at every counter;
+    #: "separate": today's office, re-queued at the back after every stop, in a fixed order;
+    #: "madoguchi": original place, corrected for remaining work and what a stop unblocks.
+    policy: Literal["lifetime", "separate", "madoguchi"] = "lifetime"
+    #: madoguchi policy: minutes of priority per minute already spent in the building.
+    aging: float = Field(default=1.0, ge=0, le=100)
+    #: madoguchi policy: minutes of priority per later stop of the ticket this stop unblocks.
+    unblock_min: float = Field(default=10.0, ge=0, le=240)
 
 
 class CentralSettings(Strict):

@@ -170,7 +170,9 @@ class QueueEngine:
         with store.transaction() as db:
             # The site's precedence rules, as a table the callable query joins.
             db.execute("DELETE FROM service_after")
+            db.execute("DELETE FROM service_info")
             for s in site.services:
+                db.execute("INSERT INTO service_info (service, typical_min) VALUES (?, ?)", (s.id, s.typical_min))
                 for before in s.after:
                     db.execute("INSERT INTO service_after (service, before) VALUES (?, ?)", (s.id, before))
             self._retire_orphans(db)
@@ -309,6 +311,11 @@ class QueueEngine:
 
     def _finish_stop(self, db, stop, counter, now, source, out) -> None:
         db.execute("UPDATE stops SET state='done', done_at=? WHERE id=?", (_iso(now), stop["id"]))
+        # The visitor's wait for their next stops starts now (waits are
+        # measured from here; the "separate" baseline queues them from here).
+        db.execute(
+            "UPDATE stops SET waiting_since=? WHERE ticket_id=? AND state='waiting'", (_iso(now), stop["ticket_id"])
+        )
         self._set_counter(db, counter, None, now)
         ticket = self._ticket_row(db, stop["ticket_id"])
         self._log(db, now, "finish", source=source, ticket=ticket, stop=stop, counter=counter)
@@ -329,7 +336,9 @@ class QueueEngine:
         out.ticket = ticket["number"]
         out.calls.append(Call(ticket["number"], counter, stop["service"], now))
 
-    def _callable_query(self, services: Iterable[str], day: str) -> tuple[str, list]:
+    def _callable_query(self, services: Iterable[str], day: str, *, sequential: bool = False) -> tuple[str, list]:
+        """SQL for the stops ``services`` could call now.  ``sequential``: the
+        itinerary is walked strictly in order (the "separate" baseline)."""
         services = list(services)
         marks = ",".join("?" * len(services))
         sql = (
@@ -345,12 +354,62 @@ class QueueEngine:
             "                 WHERE a.service = s.service AND p.ticket_id = s.ticket_id"
             "                 AND p.state NOT IN ('done', 'no_show', 'skipped'))"
         )
+        if sequential:
+            sql += (
+                " AND NOT EXISTS (SELECT 1 FROM stops q WHERE q.ticket_id = s.ticket_id AND q.position < s.position"
+                "                 AND q.state NOT IN ('done', 'no_show', 'skipped'))"
+            )
         return sql, [*services, day]
 
     def _callable(self, db, services: Iterable[str], day: str):
         """Stops ``services`` can call now, best first (original place)."""
         sql, args = self._callable_query(services, day)
         return db.execute(sql + " ORDER BY s.place, s.position, s.id", args)
+
+    def _choose(self, db, services: tuple[str, ...], now: datetime):
+        """The stop a counter serving ``services`` calls next, by the policy."""
+        policy = self.settings.policy
+        day = self.today(now)
+        if policy == "lifetime":
+            return self._callable(db, services, day).fetchone()
+        if policy == "separate":
+            # Today's office: a ticket per counter, taken when the previous
+            # counter is done (waiting_since), in the itinerary's fixed order.
+            sql, args = self._callable_query(services, day, sequential=True)
+            return db.execute(sql + " ORDER BY s.waiting_since, s.id LIMIT 1", args).fetchone()
+        return self._choose_madoguchi(db, services, day, now)
+
+    def _choose_madoguchi(self, db, services, day: str, now: datetime):
+        """Original place, corrected by what is left to do.
+
+        score (minutes, lower first) = remaining typical work of the ticket
+        − ``aging`` × minutes since the ticket was issued
+        − ``unblock_min`` × later stops of the ticket waiting for this one.
+        The first term is shortest-remaining-work-first (a certificate does
+        not wait behind a whole move-in); the second keeps the original order
+        among visitors alike and bounds how long anyone can be passed over;
+        the third serves first the stop that lets a visitor's other stops
+        proceed in parallel.  Measured in docs/simulation.md.
+        """
+        sql, args = self._callable_query(services, day)
+        rows = db.execute(
+            "SELECT c.*, t.issued_at AS t_issued,"
+            " (SELECT COALESCE(SUM(i.typical_min), 0) FROM stops r JOIN service_info i ON i.service = r.service"
+            "   WHERE r.ticket_id = c.ticket_id AND r.state NOT IN ('done', 'no_show', 'skipped')) AS remaining,"
+            " (SELECT COUNT(*) FROM stops d JOIN service_after a ON a.service = d.service AND a.before = c.service"
+            "   WHERE d.ticket_id = c.ticket_id AND d.state NOT IN ('done', 'no_show', 'skipped')) AS unblocks"
+            f" FROM ({sql}) c JOIN tickets t ON t.id = c.ticket_id",
+            args,
+        ).fetchall()
+        if not rows:
+            return None
+        aging, unblock = self.settings.aging, self.settings.unblock_min
+
+        def score(row) -> tuple[float, int, int]:
+            waited = (now - datetime.fromisoformat(row["t_issued"])).total_seconds() / 60
+            return (row["remaining"] - aging * waited - unblock * row["unblocks"], row["place"], row["position"])
+
+        return min(rows, key=score)
 
     def _count_callable(self, db, services: Iterable[str], day: str) -> int:
         sql, args = self._callable_query(services, day)
@@ -487,7 +546,7 @@ class QueueEngine:
                 return Outcome(counters={counter}, duplicate=True)
             self._release_away(db, now)
             self._end_current(db, counter, now, source, out)
-            stop = self._callable(db, c.services, self.today(now)).fetchone()
+            stop = self._choose(db, c.services, now)
             if stop is None:
                 out.counters.add(counter)
                 out.ja, out.en = "お待ちの方はいません", "No one is waiting"

@@ -67,6 +67,10 @@ SCHEMA = [
         before TEXT NOT NULL,
         PRIMARY KEY (service, before)
     );
+    CREATE TABLE service_info (
+        service TEXT PRIMARY KEY,
+        typical_min REAL NOT NULL
+    );
     CREATE TABLE seen_events (
         event_id TEXT PRIMARY KEY,
         device TEXT NOT NULL,
