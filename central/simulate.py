@@ -138,6 +138,9 @@ class Visitor:
     estimate_min: float | None = None
     #: Own service + walking time of every stop: the no-waiting lower bound.
     work_s: float = 0.0
+    #: service → (service seconds, walking seconds, misses the first call)
+    plan: dict = field(default_factory=dict)
+    missed: set = field(default_factory=set)
 
 
 @dataclass
@@ -209,7 +212,16 @@ class Day:
             if end <= start:
                 continue
             visit = self.rng.choices(sc.mix, weights)[0]
-            self.visitors.append(Visitor(i, self.rng.uniform(start, end), visit.services))
+            v = Visitor(i, self.rng.uniform(start, end), visit.services)
+            # Everything random about this visitor is drawn now, from its own
+            # stream: every policy meets the very same visitors (common random
+            # numbers), so the policies' differences are not sampling noise.
+            own = random.Random(f"{self.seed}:{i}")
+            v.plan = {
+                s: (self._service_s(s, own), own.uniform(0.5, 1.5) * sc.walk_s, own.random() < sc.no_show_p)
+                for s in v.services
+            }
+            self.visitors.append(v)
         self.visitors.sort(key=lambda v: v.arrival)
         for v in self.visitors:
             self.at(v.arrival, "arrive", v)
@@ -221,17 +233,17 @@ class Day:
                 last = (start, end) == max(c.open, key=lambda iv: _seconds(iv[1]))
                 self.at(_seconds(end), "close_day" if last else "close", c.id)
 
-    def _service_s(self, service: str) -> float:
+    def _service_s(self, service: str, rng: random.Random) -> float:
         s = self.services[service]
         mean = s.mean_min * 60
         if s.cv == 0:
             seconds = mean
         else:
             sigma = math.sqrt(math.log(1 + s.cv**2))
-            seconds = self.rng.lognormvariate(math.log(mean) - sigma**2 / 2, sigma)
-        if s.pays and self.rng.random() < s.pays:
+            seconds = rng.lognormvariate(math.log(mean) - sigma**2 / 2, sigma)
+        if s.pays and rng.random() < s.pays:
             methods = list(self.sc.payments.values())
-            seconds += self.rng.choices(methods, [m.share for m in methods])[0].seconds
+            seconds += rng.choices(methods, [m.share for m in methods])[0].seconds
         return seconds
 
     # ------------------------------------------------------------ events
@@ -298,10 +310,12 @@ class Day:
             self._busy_from = getattr(self, "_busy_from", {})
             self._busy_from[c.id] = self.t
             v = self.by_number[number]
-            if self.rng.random() < self.sc.no_show_p:
+            service = out.calls[0].service
+            _, walk, no_show = v.plan[service]
+            if no_show and service not in v.missed:
+                v.missed.add(service)  # away once; back after the grace period
                 self.at(self.t + self.sc.no_show_wait_s, "no_show", c.id, c._token)
             else:
-                walk = self.rng.uniform(0.5, 1.5) * self.sc.walk_s
                 self.at(self.t + walk, "start", c.id, c._token, walk)
             self.at(self.t, "call")
 
@@ -314,7 +328,7 @@ class Day:
             return
         self.engine.start(cid, source="sim")
         view = self.engine.counter_view(cid)
-        seconds = self._service_s(view.stop.service)
+        seconds = self.by_number[c.ticket].plan[view.stop.service][0]
         self.by_number[c.ticket].work_s += walk + seconds
         self.at(self.t + seconds, "done", cid, token)
 

@@ -1,4 +1,4 @@
-"""Central's HTTP side: the JSON API (OpenAPI at /docs) and the overview page.
+"""Central's HTTP side: the JSON API (schema at /openapi.json) and the overview page.
 
 Handlers are ``async def`` on purpose: they run on central's event loop, like
 the bus handlers, so the queue engine and its SQLite connection are only ever
