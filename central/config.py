@@ -206,9 +206,13 @@ class QueueSettings(Strict):
     #: "madoguchi": original place, corrected for remaining work and what a stop unblocks.
     policy: Literal["lifetime", "separate", "madoguchi"] = "lifetime"
     #: madoguchi policy: minutes of priority per minute already spent in the building.
-    aging: float = Field(default=1.0, ge=0, le=100)
-    #: madoguchi policy: minutes of priority per later stop of the ticket this stop unblocks.
-    unblock_min: float = Field(default=10.0, ge=0, le=240)
+    aging: float = Field(default=0.1, ge=0, le=100)
+    #: madoguchi policy: what unblocking a later stop of the ticket is worth, in
+    #: minutes, less the wait expected at that later stop (0 when it is congested).
+    unblock_min: float = Field(default=30.0, ge=0, le=240)
+    #: madoguchi policy: past this many minutes of waiting, each further minute
+    #: adds two minutes of priority, so nobody waits for ever.
+    starve_min: float = Field(default=240.0, gt=0, le=600)
 
 
 class CentralSettings(Strict):

@@ -54,6 +54,8 @@ TICKET_ACTIVE = "active"
 TICKET_DONE = "done"
 
 MAX_PROCEDURES = 12
+#: madoguchi policy: minutes of priority per minute waited beyond starve_min.
+STARVE_RATE = 2.0
 MAX_NUMBER = 9999
 
 
@@ -167,6 +169,7 @@ class QueueEngine:
         self._services = {s.id: s for s in site.services}
         self._counters = {c.id: c for c in site.counters}
         self._procedures = {p.id: p for p in site.procedures}
+        self._serving = {s.id: sum(1 for c in site.counters if s.id in c.services) or 1 for s in site.services}
         with store.transaction() as db:
             # The site's precedence rules, as a table the callable query joins.
             db.execute("DELETE FROM service_after")
@@ -384,30 +387,42 @@ class QueueEngine:
 
         score (minutes, lower first) = remaining typical work of the ticket
         − ``aging`` × minutes since the ticket was issued
-        − ``unblock_min`` × later stops of the ticket waiting for this one.
-        The first term is shortest-remaining-work-first (a certificate does
-        not wait behind a whole move-in); the second keeps the original order
-        among visitors alike and bounds how long anyone can be passed over;
-        the third serves first the stop that lets a visitor's other stops
-        proceed in parallel.  Measured in docs/simulation.md.
+        − ``unblock_min`` × later stops of the ticket waiting for this one;
+        but a stop that has waited ``starve_min`` or more goes first.
+        The first term is shortest-remaining-work-first: a certificate does
+        not wait behind a whole move-in, and a visitor whose other stops can
+        run meanwhile lets one who has only this stop left go first.  The
+        second keeps the original order among visitors alike; the starvation
+        cap bounds how long anyone can be passed over.  Measured in
+        docs/simulation.md.
         """
         sql, args = self._callable_query(services, day)
         rows = db.execute(
             "SELECT c.*, t.issued_at AS t_issued,"
             " (SELECT COALESCE(SUM(i.typical_min), 0) FROM stops r JOIN service_info i ON i.service = r.service"
             "   WHERE r.ticket_id = c.ticket_id AND r.state NOT IN ('done', 'no_show', 'skipped')) AS remaining,"
-            " (SELECT COUNT(*) FROM stops d JOIN service_after a ON a.service = d.service AND a.before = c.service"
+            " (SELECT GROUP_CONCAT(d.service) FROM stops d JOIN service_after a ON a.service = d.service AND a.before = c.service"
             "   WHERE d.ticket_id = c.ticket_id AND d.state NOT IN ('done', 'no_show', 'skipped')) AS unblocks"
             f" FROM ({sql}) c JOIN tickets t ON t.id = c.ticket_id",
             args,
         ).fetchall()
         if not rows:
             return None
-        aging, unblock = self.settings.aging, self.settings.unblock_min
+        aging, unblock, starve = self.settings.aging, self.settings.unblock_min, self.settings.starve_min
+        # What unblocking a later stop is worth depends on how long that stop
+        # would then wait: a lot when its counters are free, nothing when they
+        # are the bottleneck (then sending more work there sooner helps no one).
+        expected = self.estimate_minutes(exact=True) if any(r["unblocks"] for r in rows) else {}
 
         def score(row) -> tuple[float, int, int]:
-            waited = (now - datetime.fromisoformat(row["t_issued"])).total_seconds() / 60
-            return (row["remaining"] - aging * waited - unblock * row["unblocks"], row["place"], row["position"])
+            in_building = (now - datetime.fromisoformat(row["t_issued"])).total_seconds() / 60
+            waiting = (now - datetime.fromisoformat(row["waiting_since"])).total_seconds() / 60
+            freed = row["unblocks"].split(",") if row["unblocks"] else ()
+            bonus = sum(max(0.0, unblock - expected[s]) for s in freed)
+            # Past starve_min of waiting, every further minute is a minute of
+            # priority on top: nobody can be passed over for ever.
+            starving = STARVE_RATE * max(0.0, waiting - starve)
+            return (row["remaining"] - aging * in_building - bonus - starving, row["place"], row["position"])
 
         return min(rows, key=score)
 
@@ -819,14 +834,15 @@ class QueueEngine:
             counts[service] = n
         return counts
 
-    def estimate_minutes(self, waiting: dict[str, int] | None = None) -> dict[str, int]:
+    def estimate_minutes(self, waiting: dict[str, int] | None = None, *, exact: bool = False) -> dict[str, float]:
         """A first wait estimate per service: waiting × typical time ÷ counters
-        serving it.  Issue #5 replaces this with measured service times."""
+        serving it (whole minutes unless ``exact``).  Its error is measured
+        by the simulator (docs/simulation.md)."""
         waiting = waiting if waiting is not None else self.waiting_by_service()
         result = {}
         for s in self.site.services:
-            serving = sum(1 for c in self.site.counters if s.id in c.services) or 1
-            result[s.id] = round(waiting[s.id] * s.typical_min / serving)
+            minutes = waiting[s.id] * s.typical_min / self._serving[s.id]
+            result[s.id] = minutes if exact else round(minutes)
         return result
 
     def recent_calls(self, limit: int) -> list[Call]:

@@ -434,32 +434,89 @@ class Summary:
         return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def table(scenario: Scenario, policies: tuple[str, ...], seeds: range, **params: float) -> str:
+def run_policies(scenario: Scenario, policies: tuple[str, ...], seeds: range, **params: float) -> dict[str, Summary]:
+    return {
+        policy: Summary(policy, [simulate(scenario, policy, seed, **(params if policy == "madoguchi" else {})) for seed in seeds])
+        for policy in policies
+    }
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return statistics.mean(values) if values else 0.0
+
+
+def table(scenario: Scenario, results: dict[str, Summary], seeds: range) -> str:
     """A plain-text report: per policy, mean ± sd over the seeds."""
     lines = [
         f"{scenario.name_ja} / {scenario.name}: {scenario.visitors} visitors, {len(scenario.counters)} counters, "
         f"seeds {seeds.start}–{seeds.stop - 1}",
-        f"{'policy':<10} {'mean':>12} {'p50':>12} {'p90':>12} {'max':>8} {'longest wait':>13} {'lower bound':>12} {'est. error':>11}",
+        f"{'policy':<10} {'mean':>12} {'p50':>12} {'p90':>12} {'max':>7} {'longest wait':>13} {'lower bound':>12}"
+        f" {'est. error':>11} {'×separate':>10} {'×bound':>7}",
     ]
-    for policy in policies:
-        runs = [simulate(scenario, policy, seed, **(params if policy == "madoguchi" else {})) for seed in seeds]
-        s = Summary(policy, runs)
+    base = _mean(_mean(r.in_building_min) for r in results["separate"].runs) if "separate" in results else None
+    for policy, s in results.items():
+        runs = s.runs
 
         def f(fn) -> str:
             mean, sd = s.stat(fn)
             return f"{mean:6.1f}±{sd:4.1f}"
 
+        mean_tib = _mean(_mean(r.in_building_min) for r in runs)
+        bound = _mean(_mean(r.lower_bound_min) for r in runs)
         lines.append(
-            f"{policy:<10} {f(lambda r: statistics.mean(r.in_building_min) if r.in_building_min else 0):>12}"
+            f"{policy:<10} {f(lambda r: _mean(r.in_building_min)):>12}"
             f" {f(lambda r: pct(r.in_building_min, 50)):>12} {f(lambda r: pct(r.in_building_min, 90)):>12}"
-            f" {max(max(r.in_building_min, default=0) for r in runs):8.1f}"
+            f" {max(max(r.in_building_min, default=0) for r in runs):7.1f}"
             f" {max(r.longest_wait_min for r in runs):13.1f}"
-            f" {statistics.mean(statistics.mean(r.lower_bound_min) for r in runs if r.lower_bound_min):12.1f}"
-            f" {statistics.mean(statistics.mean(abs(e) for e in r.estimate_error_min) for r in runs if r.estimate_error_min):11.1f}"
+            f" {bound:12.1f}"
+            f" {_mean(_mean(abs(e) for e in r.estimate_error_min) for r in runs):11.1f}"
+            f" {(mean_tib / base if base else float('nan')):10.2f} {mean_tib / bound if bound else float('nan'):7.2f}"
         )
-    lines.append("minutes; time in building = ticket issued → last stop done; ± is the sd over seeds;")
-    lines.append("lower bound = own service + walking, no waiting; est. error = mean |estimate − first wait|.")
+    lines.append("")
+    services = [sv.id for sv in scenario.services]
+    lines.append(f"{'mean wait':<10} " + " ".join(f"{sv:>9}" for sv in services) + f" {'util.':>7}")
+    for policy, s in results.items():
+        waits = [_mean(_mean(r.waits_min[sv]) for r in s.runs) for sv in services]
+        util = _mean(_mean(r.utilisation.values()) for r in s.runs)
+        lines.append(f"{policy:<10} " + " ".join(f"{w:9.1f}" for w in waits) + f" {util:7.2f}")
+    lines.append(
+        "minutes. Time in building = ticket issued → last stop done; ± = sd over seeds; lower bound = own service + "
+        "walking, no waiting; est. error = mean |estimated − actual wait for the first call|; ×separate, ×bound = mean "
+        "time in building ÷ the separate baseline's, ÷ the lower bound; util. = busy ÷ open time, mean over counters."
+    )
     return "\n".join(lines)
+
+
+def svg_chart(reports: list[tuple[Scenario, dict[str, Summary]]]) -> str:
+    """A small bar chart (mean and p90 time in building per policy and
+    scenario) as SVG text: no plotting library for one chart."""
+    colours = {"separate": "#9aa5b1", "lifetime": "#5b8def", "madoguchi": "#e8833a"}
+    width, bar, gap = 760, 26, 14
+    rows = []
+    y = 40
+    top = max(
+        _mean(pct(r.in_building_min, 90) for r in s.runs) for _, results in reports for s in results.values()
+    ) or 1
+    scale = (width - 260) / top
+    for scenario, results in reports:
+        rows.append(f'<text x="10" y="{y}" font-size="15" font-weight="bold">{scenario.name_ja} / {scenario.name}</text>')
+        y += 12
+        for metric, fn in (("mean", lambda r: _mean(r.in_building_min)), ("p90", lambda r: pct(r.in_building_min, 90))):
+            for policy, s in results.items():
+                value = _mean(fn(r) for r in s.runs)
+                rows.append(f'<text x="10" y="{y + bar * 0.7:.0f}" font-size="12">{metric} · {policy}</text>')
+                rows.append(f'<rect x="150" y="{y}" width="{value * scale:.1f}" height="{bar - 6}" fill="{colours.get(policy, "#888")}"/>')
+                rows.append(f'<text x="{155 + value * scale:.1f}" y="{y + bar * 0.7:.0f}" font-size="12">{value:.1f} min</text>')
+                y += bar
+            y += gap
+        y += gap
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" font-family="Noto Sans CJK JP, sans-serif">'
+        f'<rect width="100%" height="100%" fill="white"/>'
+        f'<text x="10" y="20" font-size="13">time in building (minutes), mean over seeds</text>'
+    )
+    return head + "".join(rows) + "</svg>\n"
 
 
 def simulate_command(sub) -> None:
@@ -467,6 +524,7 @@ def simulate_command(sub) -> None:
     p.add_argument("scenario", type=Path, nargs="+", help="scenario files (config/sim/*.toml)")
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 (default: %(default)s)")
+    p.add_argument("--svg", type=Path, help="also write a bar chart of mean and p90 time in building here")
     p.set_defaults(func=_run)
 
 
@@ -478,7 +536,15 @@ def _run(args) -> int:
     if unknown:
         print(f"unknown policy {unknown}; choose from {POLICIES}")
         return 2
+    seeds = range(args.seeds)
+    reports = []
     for path in args.scenario:
-        print(table(load_scenario(path), policies, range(args.seeds)))
-        print()
+        scenario = load_scenario(path)
+        results = run_policies(scenario, policies, seeds)
+        reports.append((scenario, results))
+        print(table(scenario, results, seeds))
+        print(flush=True)
+    if args.svg:
+        args.svg.write_text(svg_chart(reports), encoding="utf-8")
+        print(f"chart: {args.svg}")
     return 0
