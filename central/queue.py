@@ -619,25 +619,35 @@ class QueueEngine:
             raise QueueError("empty", "対応中の方はいません", "no one at this counter")
         return stop
 
-    def recall(self, counter: str, *, source: str = "api", event_id: str | None = None, device: str | None = None) -> Outcome:
-        """再呼出: announce the current ticket again."""
+    def _button(self, counter: str, event_id: str | None, device: str | None, act) -> Outcome:
+        """The frame of every action on the visitor at ``counter`` (the staff
+        buttons): one transaction; an event seen before changes nothing; no
+        visitor at the counter is an error.  ``act(db, stop, now, out)`` does
+        the rest."""
         self._counter(counter)
         now = self.clock()
         out = Outcome()
         with self.store.transaction() as db:
             if not self._first_time(db, event_id, device, now):
                 return Outcome(counters={counter}, duplicate=True)
-            stop = self._require_current(db, counter)
+            act(db, self._require_current(db, counter), now, out)
+            out.counters.add(counter)
+        return out
+
+    def recall(self, counter: str, *, source: str = "api", event_id: str | None = None, device: str | None = None) -> Outcome:
+        """再呼出: announce the current ticket again."""
+
+        def act(db, stop, now, out) -> None:
             if stop["state"] != StopState.CALLED.value:
                 raise QueueError("conflict", "対応中のため再呼出できません", "already being served; no recall")
             db.execute("UPDATE stops SET recalls=recalls+1 WHERE id=?", (stop["id"],))
             ticket = self._ticket_row(db, stop["ticket_id"])
             self._log(db, now, "recall", source=source, ticket=ticket, stop=stop, counter=counter)
-            out.counters.add(counter)
             out.ticket = ticket["number"]
             out.calls.append(Call(ticket["number"], counter, stop["service"], now, recall=True))
-        out.ja, out.en = f"{out.ticket}番を再呼出しました", f"Calling number {out.ticket} again"
-        return out
+            out.ja, out.en = f"{out.ticket}番を再呼出しました", f"Calling number {out.ticket} again"
+
+        return self._button(counter, event_id, device, act)
 
     def start(self, counter: str, *, source: str = "api") -> Outcome:
         """受付開始: the called visitor has arrived at the counter."""
@@ -659,13 +669,8 @@ class QueueEngine:
     def no_show(self, counter: str, *, source: str = "api", event_id: str | None = None, device: str | None = None) -> Outcome:
         """不在: the called visitor did not come.  Away for the grace period, then
         back at the old place; given up after ``max_no_shows``."""
-        self._counter(counter)
-        now = self.clock()
-        out = Outcome()
-        with self.store.transaction() as db:
-            if not self._first_time(db, event_id, device, now):
-                return Outcome(counters={counter}, duplicate=True)
-            stop = self._require_current(db, counter)
+
+        def act(db, stop, now, out) -> None:
             if stop["state"] != StopState.CALLED.value:
                 raise QueueError("conflict", "対応中の方は不在にできません", "the visitor is being served: not a no-show")
             no_shows = stop["no_shows"] + 1
@@ -686,43 +691,34 @@ class QueueEngine:
                 out.ja, out.en = f"{ticket['number']}番は不在です", f"Number {ticket['number']} did not come"
             self._set_counter(db, counter, None, now)
             self._log(db, now, "no_show", source=source, ticket=ticket, stop=stop, counter=counter, detail={"count": no_shows})
-            out.counters.add(counter)
             self._touch(db, stop["ticket_id"], out)
             out.ticket = ticket["number"]
-        return out
+
+        return self._button(counter, event_id, device, act)
 
     def hold(self, counter: str, *, source: str = "api", event_id: str | None = None, device: str | None = None) -> Outcome:
         """保留: park the current visitor (e.g. to fill a form); call back by number."""
-        self._counter(counter)
-        now = self.clock()
-        out = Outcome()
-        with self.store.transaction() as db:
-            if not self._first_time(db, event_id, device, now):
-                return Outcome(counters={counter}, duplicate=True)
-            stop = self._require_current(db, counter)
+
+        def act(db, stop, now, out) -> None:
             db.execute("UPDATE stops SET state='held' WHERE id=?", (stop["id"],))
             self._set_counter(db, counter, None, now)
             ticket = self._ticket_row(db, stop["ticket_id"])
             self._log(db, now, "hold", source=source, ticket=ticket, stop=stop, counter=counter)
-            out.counters.add(counter)
             self._touch(db, stop["ticket_id"], out)
             out.ticket = ticket["number"]
-        out.ja, out.en = f"{out.ticket}番を保留にしました", f"Number {out.ticket} on hold"
-        return out
+            out.ja, out.en = f"{out.ticket}番を保留にしました", f"Number {out.ticket} on hold"
+
+        return self._button(counter, event_id, device, act)
 
     def finish(self, counter: str, *, source: str = "api", event_id: str | None = None, device: str | None = None) -> Outcome:
         """完了: this stop is done; the ticket moves on to its next stops."""
-        self._counter(counter)
-        now = self.clock()
-        out = Outcome()
-        with self.store.transaction() as db:
-            if not self._first_time(db, event_id, device, now):
-                return Outcome(counters={counter}, duplicate=True)
-            stop = self._require_current(db, counter)
+
+        def act(db, stop, now, out) -> None:
             self._finish_stop(db, stop, counter, now, source, out)
             out.ticket = self._ticket_row(db, stop["ticket_id"])["number"]
-        out.ja, out.en = f"{out.ticket}番の手続が完了しました", f"Number {out.ticket} done here"
-        return out
+            out.ja, out.en = f"{out.ticket}番の手続が完了しました", f"Number {out.ticket} done here"
+
+        return self._button(counter, event_id, device, act)
 
     def transfer(self, counter: str, service: str, *, source: str = "api") -> Outcome:
         """回付: the current visitor needs ``service`` instead; they keep their place."""

@@ -24,11 +24,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from bus.configfile import load_toml
 from bus.topics import ID_PATTERN
-from central.config import Counter, Procedure, QueueSettings, Service, Site, SiteInfo
+from central.config import Counter, Procedure, QueueSettings, Service, Site, SiteInfo, Strict
 from central.queue import QueueEngine
 from central.store import Store
 
@@ -36,10 +36,6 @@ Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Clock = Annotated[str, StringConstraints(pattern=r"^\d{2}:\d{2}$")]
 POLICIES = ("separate", "lifetime", "madoguchi")
 TZ = timezone(timedelta(hours=9))
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SimService(Strict):

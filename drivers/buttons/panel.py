@@ -16,11 +16,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Any
 
 from gpiozero import Button
 
+from drivers.base import Closeable
 from drivers.errors import DriverError
 
 __all__ = ["ButtonError", "ButtonPanel", "Debouncer", "press"]
@@ -87,7 +87,7 @@ class Debouncer:
         self._released = None
 
 
-class ButtonPanel:
+class ButtonPanel(Closeable):
     """A set of named push buttons, each on its own GPIO pin.
 
     ``on_press(name, t)`` is called once per debounced press, with the button's name and
@@ -188,31 +188,10 @@ class ButtonPanel:
             return ("error", "closed", "button panel is closed")
         return ("ok", None, None)
 
-    def close(self) -> None:
-        """Release all pins; no presses are reported afterwards. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+    def _close(self) -> None:
+        """Release all pins; no presses are reported afterwards (see :meth:`close`)."""
         self._close_buttons()
         logger.info("button panel: closed")
-
-    @property
-    def closed(self) -> bool:
-        """``True`` once :meth:`close` has been called."""
-        with self._lock:
-            return self._closed
-
-    def __enter__(self) -> ButtonPanel:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         pins = ", ".join(f"{name}={pin!r}" for name, pin in self._pins.items())

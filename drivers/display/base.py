@@ -13,9 +13,9 @@ import abc
 import dataclasses
 import threading
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
+from drivers.base import Closeable
 from drivers.errors import DriverError
 
 __all__ = ["MODES", "Display", "DisplayError", "Health", "Screen"]
@@ -108,7 +108,7 @@ class Screen:
         return dataclasses.asdict(self)
 
 
-class Display(abc.ABC):
+class Display(Closeable, abc.ABC):
     """A counter's number display.
 
     Subclasses implement :meth:`_render` (and optionally :meth:`_close` and
@@ -176,32 +176,6 @@ class Display(abc.ABC):
         if self.closed:
             return ("error", "closed", f"{self!r} is closed")
         return ("ok", None, None)
-
-    def close(self) -> None:
-        """Release the display's resources. Idempotent; never raises for a second call."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        # Outside the lock: _close() may join threads that read our properties.
-        self._close()
-
-    @property
-    def closed(self) -> bool:
-        """``True`` once :meth:`close` has been called."""
-        with self._lock:
-            return self._closed
-
-    def __enter__(self) -> Display:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- for subclasses -----------------------------------------------------------
 
