@@ -156,7 +156,7 @@ class Office:
             )
             self._spawn(device, [sys.executable, "-m", "bus.cli", "edge", "--config", str(config)])
         for counter, device, *_ in COUNTERS:
-            _wait(lambda: self.display(counter) is not None and self._online(device), f"{device}")
+            _wait(lambda c=counter, d=device: self.display(c) is not None and self._online(d), f"{device}")
 
     def _online(self, device: str) -> bool:
         return _http("GET", f"{self.central}/api/v1/stats")["devices"][device]["state"] == "online"

@@ -22,7 +22,7 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
@@ -454,7 +454,7 @@ def table(scenario: Scenario, results: dict[str, Summary], seeds: range) -> str:
     for policy, s in results.items():
         runs = s.runs
 
-        def f(fn) -> str:
+        def f(fn, s=s) -> str:
             mean, sd = s.stat(fn)
             return f"{mean:6.1f}±{sd:4.1f}"
 

@@ -12,7 +12,6 @@ import signal
 import time
 import uuid
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 from bus.configfile import ConfigError

@@ -20,7 +20,6 @@ import asyncio
 import collections
 import statistics
 import logging
-import time
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -30,7 +29,6 @@ from bus.models import (
     CentralStatus,
     DeviceState,
     DisplayCommand,
-    DisplayMode,
     Intent,
     IntentEvent,
     utcnow,

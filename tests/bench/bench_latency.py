@@ -129,7 +129,7 @@ def main() -> int:
             barrier = threading.Barrier(len(edges))
             starts: dict[str, float] = {}
 
-            def press(edge: RunningEdge) -> None:
+            def press(edge: RunningEdge, barrier=barrier, starts=starts) -> None:
                 barrier.wait()
                 starts[edge.config.device.id] = time.perf_counter()
                 edge.press("call_next", patient=False)

@@ -3,7 +3,6 @@ central is not there, and what it must never do (replay a press later)."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -12,10 +11,9 @@ import time
 import uuid
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from bus import decode
-from bus.models import DeviceState, Status
+from bus.models import Status
 from bus.topics import Topics
 from tests.support.edges import RunningEdge, edge_config
 from tests.support.procs import REPO, Broker, free_port

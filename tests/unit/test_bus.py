@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from hypothesis import given, strategies as st
+from pydantic import ValidationError
 
 from bus import MAX_PAYLOAD_BYTES, PayloadError, decode, encode
 from bus.models import (
@@ -110,7 +111,7 @@ def test_strict_types_no_coercion():
 
 def test_models_are_frozen():
     status = Status(state=DeviceState.ONLINE, boot_id="b")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         status.state = DeviceState.OFFLINE  # type: ignore[misc]
 
 
@@ -119,7 +120,7 @@ def test_display_command_expiry():
     cmd = DisplayCommand(command_id=uuid.uuid4(), issued_at=issued, expires_at=expires, mode=DisplayMode.CALLING, ticket=12)
     assert not cmd.expired()
     assert cmd.expired(expires + timedelta(microseconds=1))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         DisplayCommand(command_id=uuid.uuid4(), issued_at=issued, expires_at=expires, mode=DisplayMode.CALLING, ticket=0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         DisplayCommand(command_id=uuid.uuid4(), issued_at=issued, expires_at=expires, mode=DisplayMode.IDLE, text_ja="あ" * 81)

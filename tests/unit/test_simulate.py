@@ -74,7 +74,7 @@ def test_real_scenario_everyone_served_never_two_places_nobody_starves(policy):
     # bound is 240 minutes, after which priority grows two minutes a minute).
     assert r.longest_wait_min < 300
     # Nobody is faster than their own service and walking.
-    assert min(t - lb for t, lb in zip(r.in_building_min, r.lower_bound_min)) > -1e-6
+    assert min(t - lb for t, lb in zip(r.in_building_min, r.lower_bound_min, strict=True)) > -1e-6
 
 
 def test_a_configured_starvation_cap_holds():
