@@ -203,13 +203,14 @@ class QueueSettings(Strict):
     #: Who a counter calls next (docs/queue.md, measured in docs/simulation.md):
     #: "lifetime": original place (issue order) at every counter;
     #: "separate": today's office, re-queued at the back after every stop, in a fixed order;
-    #: "madoguchi": original place, corrected for remaining work and what a stop unblocks.
+    #: "madoguchi": remaining work first, corrected by time in the building and by
+    #: what a stop unblocks (docs/simulation.md).
     policy: Literal["lifetime", "separate", "madoguchi"] = "lifetime"
     #: madoguchi policy: minutes of priority per minute already spent in the building.
-    aging: float = Field(default=0.1, ge=0, le=100)
+    aging: float = Field(default=0.25, ge=0, le=100)
     #: madoguchi policy: what unblocking a later stop of the ticket is worth, in
-    #: minutes, less the wait expected at that later stop (0 when it is congested).
-    unblock_min: float = Field(default=30.0, ge=0, le=240)
+    #: minutes, less the work callable now at that service ÷ its counters.
+    unblock_min: float = Field(default=20.0, ge=0, le=240)
     #: madoguchi policy: past this many minutes of waiting, each further minute
     #: adds two minutes of priority, so nobody waits for ever.
     starve_min: float = Field(default=240.0, gt=0, le=600)

@@ -383,18 +383,20 @@ class QueueEngine:
         return self._choose_madoguchi(db, services, day, now)
 
     def _choose_madoguchi(self, db, services, day: str, now: datetime):
-        """Original place, corrected by what is left to do.
+        """Remaining work first, corrected by time in the building and unblocking.
 
         score (minutes, lower first) = remaining typical work of the ticket
         − ``aging`` × minutes since the ticket was issued
-        − ``unblock_min`` × later stops of the ticket waiting for this one;
-        but a stop that has waited ``starve_min`` or more goes first.
+        − for each later stop of the ticket waiting for this one,
+        max(0, ``unblock_min`` − the work callable now at that service ÷ its counters)
+        − 2 × minutes waited beyond ``starve_min``.
         The first term is shortest-remaining-work-first: a certificate does
         not wait behind a whole move-in, and a visitor whose other stops can
         run meanwhile lets one who has only this stop left go first.  The
-        second keeps the original order among visitors alike; the starvation
-        cap bounds how long anyone can be passed over.  Measured in
-        docs/simulation.md.
+        second keeps the original order among visitors alike; the unblock
+        bonus lets a family's other stops start while their counters are free;
+        the starvation term bounds how long anyone can be passed over.
+        Measured in docs/simulation.md.
         """
         sql, args = self._callable_query(services, day)
         rows = db.execute(
@@ -412,7 +414,9 @@ class QueueEngine:
         # What unblocking a later stop is worth depends on how long that stop
         # would then wait: a lot when its counters are free, nothing when they
         # are the bottleneck (then sending more work there sooner helps no one).
-        expected = self.estimate_minutes(exact=True) if any(r["unblocks"] for r in rows) else {}
+        # Only stops callable now are in the way: a stop still waiting for its
+        # own earlier service is not (counting it starved whole families).
+        expected = self._ready_minutes(db, day) if any(r["unblocks"] for r in rows) else {}
 
         def score(row) -> tuple[float, int, int]:
             in_building = (now - datetime.fromisoformat(row["t_issued"])).total_seconds() / 60
@@ -425,6 +429,15 @@ class QueueEngine:
             return (row["remaining"] - aging * in_building - bonus - starving, row["place"], row["position"])
 
         return min(rows, key=score)
+
+    def _ready_minutes(self, db, day: str) -> dict[str, float]:
+        """Per service: the work callable now (stops × typical time ÷ counters
+        serving it), i.e. the wait a stop joining that line would expect."""
+        sql, args = self._callable_query(tuple(self._services), day)
+        ready = dict(db.execute(f"SELECT service, COUNT(*) FROM ({sql}) GROUP BY service", args).fetchall())
+        return {
+            s: ready.get(s, 0) * self._services[s].typical_min / self._serving[s] for s in self._services
+        }
 
     def _count_callable(self, db, services: Iterable[str], day: str) -> int:
         sql, args = self._callable_query(services, day)
@@ -829,6 +842,56 @@ class QueueEngine:
         for service, n in rows:
             counts[service] = n
         return counts
+
+    def ticket_estimate(self, number: int, day: str | None = None) -> float | None:
+        """Minutes until ticket ``number`` is likely called next (0 while it
+        is being called or served; None when it is finished, or when its
+        open stops are all away (不在) or held (保留) — no line to count).
+
+        For each stop it could be called to now: the typical work of the
+        callable stops ahead of it (by original place) at the counters that
+        serve it, ÷ those counters; the soonest of those.  A stop still waiting
+        for an earlier service of the same ticket starts after that one
+        (its estimate + its typical time).  Its error is measured by the
+        simulator (docs/simulation.md).
+        """
+        db = self.store.conn
+        day = day or self.today()
+        ticket = self._ticket_by_number(db, number, day)
+        if ticket["state"] != TICKET_ACTIVE:
+            return None
+        stops = db.execute(
+            "SELECT * FROM stops WHERE ticket_id=? AND state NOT IN ('done', 'no_show', 'skipped')", (ticket["id"],)
+        ).fetchall()
+        if any(s["state"] in ENGAGED for s in stops):
+            return 0.0
+        estimates = []
+        for stop in stops:
+            if stop["state"] != StopState.WAITING.value:
+                continue
+            minutes = self._line_minutes(db, stop, day)
+            if not self._precedence_met(db, stop):
+                after = self._services[stop["service"]].after
+                first = [b for b in stops if b["service"] in after and b["state"] == StopState.WAITING.value]
+                if first:
+                    minutes = max(minutes, min(
+                        self._line_minutes(db, b, day) + self._services[b["service"]].typical_min for b in first
+                    ))
+            estimates.append(minutes)
+        return min(estimates) if estimates else None
+
+    def _line_minutes(self, db, stop, day: str) -> float:
+        """The work ahead of ``stop`` (callable stops with a better original
+        place, at any service its counters also serve) ÷ those counters."""
+        counters = [c for c in self.site.counters if stop["service"] in c.services]
+        shared = tuple({s for c in counters for s in c.services})
+        sql, args = self._callable_query(shared, day)
+        ahead = db.execute(
+            f"SELECT COALESCE(SUM(i.typical_min), 0) FROM ({sql}) c JOIN service_info i ON i.service = c.service"
+            " WHERE c.id <> ? AND (c.place < ? OR (c.place = ? AND c.position < ?))",
+            (*args, stop["id"], stop["place"], stop["place"], stop["position"]),
+        ).fetchone()[0]
+        return ahead / max(1, len(counters))
 
     def estimate_minutes(self, waiting: dict[str, int] | None = None, *, exact: bool = False) -> dict[str, float]:
         """A first wait estimate per service: waiting × typical time ÷ counters

@@ -71,6 +71,8 @@ class TicketOut(BaseModel):
     procedures: list[str]
     stops: list[StopOut]
     token: str | None = None
+    #: Minutes until this ticket is likely called next (0: being called or served; null: finished).
+    estimate_min: float | None = None
 
 
 class CounterOut(BaseModel):
@@ -128,8 +130,10 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
             status_code=STATUS_OF.get(exc.code, 409),
         )
 
-    def ticket_out(t: TicketView, *, with_token: bool = False) -> TicketOut:
+    def ticket_out(t: TicketView, *, with_token: bool = False, estimate: bool = False) -> TicketOut:
+        minutes = engine.ticket_estimate(t.number, t.day) if estimate else None
         return TicketOut(
+            estimate_min=round(minutes, 1) if minutes is not None else None,
             number=t.number, day=t.day, state=t.state, issued_at=t.issued_at, procedures=list(t.procedures),
             token=t.token if with_token else None,
             stops=[
@@ -183,7 +187,7 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
     async def issue_ticket(body: IssueRequest):
         ticket = engine.issue(body.procedures, source="api")
         central.apply_issue(ticket)
-        return ticket_out(ticket, with_token=True)
+        return ticket_out(ticket, with_token=True, estimate=True)
 
     @app.get("/api/v1/tickets", response_model=list[TicketOut])
     async def list_tickets(day: Day | None = None, active: bool = False):
@@ -191,7 +195,7 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
 
     @app.get("/api/v1/tickets/{number}", response_model=TicketOut)
     async def get_ticket(number: Number, day: Day | None = None):
-        return ticket_out(engine.ticket(number, day))
+        return ticket_out(engine.ticket(number, day), estimate=True)
 
     @app.post("/api/v1/tickets/{number}/stops", response_model=ActionOut)
     async def add_stop(number: Number, body: ServiceRequest):

@@ -86,10 +86,12 @@ def test_madoguchi_unblocks_when_the_next_counter_is_free(tmp_path):
 
 def test_madoguchi_does_not_unblock_into_a_queue(tmp_path):
     q, clock = engine(tmp_path, "madoguchi", aging=0.0, unblock_min=30)
-    for _ in range(4):  # 国保 already has 4 × 12 minutes waiting for its one counter
-        q.issue(["move"])
+    for _ in range(4):  # 国保 already has 4 × 12 minutes in line at its one counter
+        q.issue(["nhi"])
+    move = q.issue(["move"]).number
     addr = q.issue(["addr"]).number
-    assert called(q.call_next("1")) == addr
+    assert called(q.call_next("1")) == addr  # freeing `move` for 国保 is worth nothing now
+    assert called(q.call_next("1")) == move
 
 
 def test_madoguchi_starvation_bound(tmp_path):
@@ -111,3 +113,30 @@ def test_separate_requeues_at_the_back_lifetime_keeps_the_place(tmp_path):
         q.finish("1")  # `move` reaches 国保 after `nhi` took its place there
         expected = {"nhi": nhi, "move": move}[first]
         assert called(q.call_next("2")) == expected, policy
+
+
+def test_a_tickets_own_estimate_counts_the_line_ahead(tmp_path):
+    q, clock = engine(tmp_path, "lifetime")
+    first = [q.issue(["cert"]).number for _ in range(3)]
+    mine = q.issue(["cert"]).number
+    # three certificates ahead, 4 minutes each, one counter serves certificates
+    assert q.ticket_estimate(mine) == 12
+    q.call_next("1")
+    assert q.ticket_estimate(first[0]) == 0  # being called
+    assert q.ticket_estimate(mine) == 8
+    move = q.issue(["move"]).number
+    # counter 1 serves 住民異動 and certificates: three certificates are ahead
+    assert q.ticket_estimate(move) == 12
+    assert q.ticket_estimate(first[0]) == 0
+
+
+def test_no_estimate_for_a_ticket_that_is_away_or_done(tmp_path):
+    q, clock = engine(tmp_path, "lifetime")
+    cert = q.issue(["cert"]).number
+    q.call_next("1")
+    q.no_show("1")
+    assert q.ticket_estimate(cert) is None  # away: not in any line now
+    clock.advance(10)
+    q.call_next("1")
+    q.finish("1")
+    assert q.ticket_estimate(cert) is None  # done
