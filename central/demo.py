@@ -185,7 +185,11 @@ class Office:
     def issue(self, *procedures: str) -> int:
         ticket = _http("POST", f"{self.central}/api/v1/tickets", {"procedures": list(procedures)})
         route = " → ".join(s["name_ja"] for s in ticket["stops"])
-        say(f"🎫 発券 {ticket['number']:>3}番  {route}", f"ticket {ticket['number']}: " + " → ".join(s["name_en"] for s in ticket["stops"]))
+        wait = ticket.get("estimate_min")
+        ja_wait = f"  (待ち時間の目安 {wait:.0f}分)" if wait is not None else ""
+        en_wait = f" (expected wait {wait:.0f} min)" if wait is not None else ""
+        say(f"🎫 発券 {ticket['number']:>3}番  {route}{ja_wait}",
+            f"ticket {ticket['number']}: " + " → ".join(s["name_en"] for s in ticket["stops"]) + en_wait)
         return ticket["number"]
 
     def press(self, counter: str, intent: str, expect: int | None | str = "any") -> dict:
