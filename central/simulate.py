@@ -230,8 +230,10 @@ class Day:
         for c in self.sc.counters:
             for start, end in c.open:
                 self.at(_seconds(start), "open", c.id)
-                last = (start, end) == max(c.open, key=lambda iv: _seconds(iv[1]))
-                self.at(_seconds(end), "close_day" if last else "close", c.id)
+                # Overtime (serving everyone holding a ticket) only for shifts
+                # that run to the doors' closing; an earlier shift just ends.
+                day_end = _seconds(end) >= _seconds(self.sc.close)
+                self.at(_seconds(end), "close_day" if day_end else "close", c.id)
 
     def _service_s(self, service: str, rng: random.Random) -> float:
         s = self.services[service]
@@ -298,7 +300,10 @@ class Day:
 
     def _kick(self) -> None:
         order = [c for c in self.counters.values() if c.open_now and not c.busy]
-        self.rng.shuffle(order)
+        # Which free counter calls first: random, but drawn from the seed and
+        # the time only, so every policy sees the same tie-breaks (a shared
+        # stream would drift apart as the policies make different calls).
+        random.Random(f"{self.seed}:order:{self.t:.3f}").shuffle(order)
         for c in order:
             out = self.engine.call_next(c.id, source="sim")
             if not out.calls:
@@ -450,7 +455,7 @@ def table(scenario: Scenario, results: dict[str, Summary], seeds: range) -> str:
         f"{scenario.name_ja} / {scenario.name}: {scenario.visitors} visitors, {len(scenario.counters)} counters, "
         f"seeds {seeds.start}–{seeds.stop - 1}",
         f"{'policy':<10} {'mean':>12} {'p50':>12} {'p90':>12} {'max':>7} {'longest wait':>13} {'lower bound':>12}"
-        f" {'est. error':>11} {'ticket est.':>11} {'×separate':>10} {'×bound':>7}",
+        f" {'est. error':>11} {'ticket est.':>11} {'×separate':>10} {'×bound':>7} {'unfinished':>10}",
     ]
     base = _mean(_mean(r.in_building_min) for r in results["separate"].runs) if "separate" in results else None
     for policy, s in results.items():
@@ -471,6 +476,7 @@ def table(scenario: Scenario, results: dict[str, Summary], seeds: range) -> str:
             f" {_mean(_mean(abs(e) for e in r.estimate_error_min) for r in runs):11.1f}"
             f" {_mean(_mean(abs(e) for e in r.ticket_estimate_error_min) for r in runs):11.1f}"
             f" {(mean_tib / base if base else float('nan')):10.2f} {mean_tib / bound if bound else float('nan'):7.2f}"
+            f" {sum(r.unfinished for r in runs):10d}"
         )
     if "lifetime" in results:
         # Paired by seed: the policies met the very same visitors.
@@ -483,7 +489,11 @@ def table(scenario: Scenario, results: dict[str, Summary], seeds: range) -> str:
                 diffs = [fn(a) - fn(b) for a, b in zip(s.runs, ref, strict=True)]
                 wins = sum(1 for d in diffs if d < 0)
                 sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-                parts.append(f"{name} {_mean(diffs):+5.1f}±{sd:3.1f} min (lower on {wins}/{len(diffs)} seeds)")
+                half = 1.96 * sd / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+                parts.append(
+                    f"{name} {_mean(diffs):+5.1f} min, 95 % CI [{_mean(diffs) - half:+.1f}, {_mean(diffs) + half:+.1f}]"
+                    f" (lower on {wins}/{len(diffs)} seeds)"
+                )
             lines.append(f"{policy:<10} vs lifetime, paired by seed: " + "; ".join(parts))
     lines.append("")
     services = [sv.id for sv in scenario.services]
@@ -494,8 +504,8 @@ def table(scenario: Scenario, results: dict[str, Summary], seeds: range) -> str:
         lines.append(f"{policy:<10} " + " ".join(f"{w:9.1f}" for w in waits) + f" {util:7.2f}")
     lines.append(
         "minutes. Time in building = ticket issued → last stop done; ± = sd over seeds; lower bound = own service + "
-        "walking, no waiting; est. error = mean |the service's estimate at issue (as on the board) − actual wait for the "
-        "first call|; ticket est. = the same for the ticket's own estimate (its place in line); ×separate, ×bound = mean "
+        "walking, no waiting; unfinished = tickets still open when the day ends (left out of every figure); est. error = mean |the service's estimate at issue (as on the board) − actual wait for the "
+        "first call|; ticket est. = the same for the ticket's own estimate (its place in line, in lifetime order); ×separate, ×bound = mean "
         "time in building ÷ the separate baseline's, ÷ the lower bound; util. = busy ÷ open time, mean over counters."
     )
     return "\n".join(lines)
