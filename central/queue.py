@@ -525,22 +525,26 @@ class QueueEngine:
         row = self.store.conn.execute("SELECT * FROM tickets WHERE token=?", (token,)).fetchone()
         return self._ticket_view(self.store.conn, row) if row else None
 
+    @staticmethod
+    def _stop_view(s) -> StopView:
+        return StopView(
+            id=s["id"],
+            position=s["position"],
+            service=s["service"],
+            state=s["state"],
+            counter=s["counter"],
+            place=s["place"],
+            waiting_since=_dt(s["waiting_since"]),
+            called_at=_dt(s["called_at"]),
+            done_at=_dt(s["done_at"]),
+            returns_at=_dt(s["returns_at"]),
+            no_shows=s["no_shows"],
+            recalls=s["recalls"],
+        )
+
     def _ticket_view(self, db, row) -> TicketView:
         stops = tuple(
-            StopView(
-                id=s["id"],
-                position=s["position"],
-                service=s["service"],
-                state=s["state"],
-                counter=s["counter"],
-                place=s["place"],
-                waiting_since=_dt(s["waiting_since"]),
-                called_at=_dt(s["called_at"]),
-                done_at=_dt(s["done_at"]),
-                returns_at=_dt(s["returns_at"]),
-                no_shows=s["no_shows"],
-                recalls=s["recalls"],
-            )
+            self._stop_view(s)
             for s in db.execute("SELECT * FROM stops WHERE ticket_id=? ORDER BY position, id", (row["id"],))
         )
         return TicketView(
@@ -826,7 +830,7 @@ class QueueEngine:
         number = None
         if stop is not None:
             number = self._ticket_row(db, stop["ticket_id"])["number"]
-            view = next(s for s in self._ticket_view(db, self._ticket_row(db, stop["ticket_id"])).stops if s.id == stop["id"])
+            view = self._stop_view(stop)
         waiting = self._count_callable(db, c.services, self.today())
         return CounterView(id=counter, stop=view, ticket=number, waiting=waiting)
 

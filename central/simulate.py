@@ -146,6 +146,7 @@ class CounterState:
     open_now: bool = False
     busy: bool = False
     ticket: int | None = None
+    service: str | None = None  # of the stop being called or served
     busy_s: float = 0.0
     open_s: float = 0.0
     overtime: bool = False
@@ -313,6 +314,7 @@ class Day:
             self._busy_from[c.id] = self.t
             v = self.by_number[number]
             service = out.calls[0].service
+            c.service = service
             _, walk, no_show = v.plan[service]
             if no_show and service not in v.missed:
                 v.missed.add(service)  # away once; back after the grace period
@@ -327,8 +329,7 @@ class Day:
         if c._token != token:
             return
         self.engine.start(cid, source="sim")
-        view = self.engine.counter_view(cid)
-        seconds = self.by_number[c.ticket].plan[view.stop.service][0]
+        seconds = self.by_number[c.ticket].plan[c.service][0]
         self.by_number[c.ticket].work_s += walk + seconds
         self.at(self.t + seconds, "done", cid, token)
 
