@@ -16,7 +16,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from bus.topics import ID_PATTERN
 
@@ -165,7 +165,113 @@ class IntentEvent(Event):
     expires_at: AwareDatetime
 
 
-EVENT_KINDS: dict[str, type[Event]] = {"intent": IntentEvent}
+
+# --------------------------------------------------------------------------- payments
+
+#: Yen are integers, always (design §5).  Bounded by what a terminal takes.
+Yen = Annotated[int, Field(ge=0, le=9_999_999)]
+#: A fee item code or brand id from central's catalog (config/fees.toml, brands.toml).
+CatalogId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+#: A staff id as typed or scanned at the counter console (no names).
+StaffId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$")]
+#: A slip / approval / terminal number as printed by a terminal.
+SlipNo = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,20}$")]
+
+
+class PayMethod(str, enum.Enum):
+    CASH = "cash"  # 現金
+    CREDIT = "credit"  # クレジット
+    EMONEY = "emoney"  # 電子マネー
+    QR = "qr"  # QRコード決済
+
+
+class PaymentKind(str, enum.Enum):
+    SALE = "sale"  # 売上
+    VOID = "void"  # 取消 (same day, at the terminal)
+    REFUND = "refund"  # 返金 (out of band, when a void is impossible)
+
+
+class PaymentState(str, enum.Enum):
+    """A payment's life on the edge (docs/payments.md has the diagram)."""
+
+    READY = "ready"  # the charge is at the counter, waiting for PAY
+    PENDING = "pending"  # journaled; the terminal may be in use
+    APPROVED = "approved"  # money taken (or, for a void/refund, given back)
+    DECLINED = "declined"  # certainly not taken
+    UNKNOWN = "unknown"  # 処理未了: nobody knows yet; never retried blindly
+    VOIDED = "voided"  # an approved sale, cancelled by an approved void
+    REFUNDED = "refunded"  # an approved sale, paid back by an approved refund
+    CANCELLED = "cancelled"  # the charge was withdrawn before it started
+
+
+class ChargeLine(BaseModel):
+    """One fee line of a charge, priced by central from its catalog."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    code: CatalogId
+    name_ja: DisplayText
+    name_en: DisplayText
+    quantity: int = Field(ge=1, le=999)
+    unit_price: Yen
+    amount: Yen
+    account: str = Field(min_length=1, max_length=40)
+
+    @model_validator(mode="after")
+    def _amount(self) -> ChargeLine:
+        if self.amount != self.quantity * self.unit_price:
+            raise ValueError(f"amount {self.amount} is not {self.quantity} × {self.unit_price}")
+        return self
+
+
+class PaymentEvent(Event):
+    """``event/payment``: a payment changed state on the edge (QoS 1).
+
+    Sent from the edge's on-disk outbox until central acknowledges it with
+    ``cmd/ledger-ack``; central keeps the highest ``version`` of each
+    ``payment_id``, so a re-sent event is harmless.  Carries no card data.
+    """
+
+    payment_id: uuid.UUID
+    charge_id: uuid.UUID
+    version: int = Field(ge=1)
+    kind: PaymentKind
+    #: For a void or refund: the sale it cancels or pays back.
+    original_id: uuid.UUID | None = None
+    counter: CounterId
+    ticket: TicketNo | None = None
+    state: PaymentState
+    method: PayMethod
+    brand: CatalogId | None = None
+    #: The card name the terminal reported (VISA, nanaco, ...).
+    card_name: str | None = Field(default=None, max_length=40)
+    amount: Yen
+    tendered: Yen | None = None
+    change: Yen | None = None
+    lines: list[ChargeLine] = Field(max_length=20)
+    terminal: str = Field(max_length=20)
+    terminal_id: SlipNo | None = None
+    slip_no: SlipNo | None = None
+    approval_no: SlipNo | None = None
+    #: When the money moved (the terminal's time, else ours): the 収納日.
+    txn_at: AwareDatetime | None = None
+    receipt_no: str | None = Field(default=None, max_length=40)
+    staff_id: StaffId | None = None
+    reason: str | None = Field(default=None, max_length=40)
+    note: str | None = Field(default=None, max_length=200)
+    #: What staff must do now, for the console and the counter display.
+    message_ja: str = Field(default="", max_length=200)
+    message_en: str = Field(default="", max_length=200)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PaymentEvent:
+        if self.kind is not PaymentKind.SALE and self.original_id is None:
+            raise ValueError(f"a {self.kind.value} names its original_id")
+        if self.kind is PaymentKind.SALE and self.amount != sum(line.amount for line in self.lines):
+            raise ValueError("amount is not the sum of the lines")
+        return self
+
+EVENT_KINDS: dict[str, type[Event]] = {"intent": IntentEvent, "payment": PaymentEvent}
 
 
 # --------------------------------------------------------------------------- commands
@@ -212,7 +318,100 @@ class DisplayCommand(Command):
     waiting: int = Field(default=0, ge=0)
 
 
-COMMAND_NAMES: dict[str, type[Command]] = {"display": DisplayCommand}
+class ChargeCommand(Command):
+    """``cmd/charge``: central asks the counter to take a payment.
+
+    The edge journals it (state ``ready``) and starts it when staff press PAY
+    (the physical button or the console), or at once with ``start``.
+    ``payment_id`` is chosen by central; the edge ignores a second charge with
+    the same id and answers with its current state.
+    """
+
+    payment_id: uuid.UUID
+    charge_id: uuid.UUID
+    counter: CounterId
+    ticket: TicketNo | None = None
+    lines: list[ChargeLine] = Field(min_length=1, max_length=20)
+    total: Yen
+    method: PayMethod
+    brand: CatalogId | None = None
+    #: Cash only: what the visitor handed over (change = tendered − total).
+    tendered: Yen | None = None
+    #: What to print: 領収書, 利用控え, both or nothing (per the fee items' flows).
+    receipt: Literal["receipt", "slip", "both", "none"] = "receipt"
+    #: The method's name for the display and the manual terminal's instructions.
+    method_ja: DisplayText = ""
+    method_en: DisplayText = ""
+    staff_id: StaffId | None = None
+    start: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChargeCommand:
+        if self.total <= 0 or self.total != sum(line.amount for line in self.lines):
+            raise ValueError("total must be the (positive) sum of the lines")
+        if self.method is PayMethod.CASH:
+            if self.tendered is not None and self.tendered < self.total:
+                raise ValueError("tendered is less than the total")
+        elif self.tendered is not None:
+            raise ValueError("tendered is for cash only")
+        return self
+
+
+class PaymentAction(str, enum.Enum):
+    START = "start"  # PAY: start a ready charge
+    CANCEL = "cancel"  # withdraw a ready charge, or abort a running one
+    CONFIRM = "confirm"  # manual terminal: staff confirm what the terminal showed
+    RESOLVE = "resolve"  # an unknown outcome: ask the terminal again, or staff decide
+    VOID = "void"  # 取消 at the terminal (same day)
+    REFUND = "refund"  # 返金 out of band (a void is impossible for this brand)
+    REPRINT = "reprint"  # print the receipt again, marked 再発行
+    TENDER = "tender"  # cash: the amount handed over, entered after the charge was sent
+
+
+class PaymentCommand(Command):
+    """``cmd/payment``: staff act on one payment from the counter console."""
+
+    payment_id: uuid.UUID
+    action: PaymentAction
+    #: For void/refund: the id of the new void/refund record.
+    new_id: uuid.UUID | None = None
+    staff_id: StaffId | None = None
+    reason: str | None = Field(default=None, min_length=1, max_length=200)
+    #: confirm / resolve by staff: was the money taken?  None on resolve = ask the terminal.
+    approved: bool | None = None
+    slip_no: SlipNo | None = None
+    approval_no: SlipNo | None = None
+    tendered: Yen | None = None
+
+    @model_validator(mode="after")
+    def _fields(self) -> PaymentCommand:
+        a = self.action
+        if a in (PaymentAction.VOID, PaymentAction.REFUND):
+            if self.new_id is None or self.staff_id is None or self.reason is None:
+                raise ValueError(f"{a.value} needs new_id, staff_id and reason")
+        if a is PaymentAction.CONFIRM and self.approved is None:
+            raise ValueError("confirm needs approved")
+        if a in (PaymentAction.CONFIRM, PaymentAction.RESOLVE) and self.approved is not None and self.staff_id is None:
+            raise ValueError(f"{a.value} by staff needs staff_id")
+        if a is PaymentAction.TENDER and self.tendered is None:
+            raise ValueError("tender needs tendered")
+        return self
+
+
+class LedgerAck(Command):
+    """``cmd/ledger-ack``: central stored ``payment_id`` up to ``version``;
+    the edge may drop those events from its outbox."""
+
+    payment_id: uuid.UUID
+    version: int = Field(ge=1)
+
+
+COMMAND_NAMES: dict[str, type[Command]] = {
+    "display": DisplayCommand,
+    "charge": ChargeCommand,
+    "payment": PaymentCommand,
+    "ledger-ack": LedgerAck,
+}
 
 
 def command_expiry(seconds: float, now: datetime | None = None) -> tuple[datetime, datetime]:

@@ -15,6 +15,7 @@ import uvicorn
 from bus.configfile import ConfigError
 from bus.topics import Topics
 from central import config as central_config
+from central.ledger import Ledger
 from central.mqtt import CentralLink, Incoming
 from central.queue import QueueEngine
 from central.service import Central
@@ -56,7 +57,8 @@ async def serve(loaded: central_config.Loaded, *, database: Path | None = None, 
             on_message=on_message,
             on_connected=on_connected,
         )
-        central = Central(engine, site, cfg.queue, link)
+        ledger = Ledger(store, site, loaded.catalog) if loaded.catalog is not None else None
+        central = Central(engine, site, cfg.queue, link, ledger=ledger)
         app = create_app(central, mqtt_connected=lambda: link.connected, config_hash=loaded.config_hash)
         port = cfg.http.port if http_port is None else http_port
         server = uvicorn.Server(

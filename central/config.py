@@ -219,6 +219,16 @@ class QueueSettings(Strict):
 class CentralSettings(Strict):
     site_file: Path
     database: Path
+    #: The fee catalog (docs/fees.md) and payment brands; without them the
+    #: counters take no payments.
+    fees_file: Path | None = None
+    brands_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _both(self) -> CentralSettings:
+        if (self.fees_file is None) != (self.brands_file is None):
+            raise ValueError("fees_file and brands_file go together")
+        return self
 
 
 class CentralConfig(Strict):
@@ -234,6 +244,8 @@ class Loaded(BaseModel):
     config: CentralConfig
     site: Site
     config_hash: str
+    #: central.fees.FeeCatalog, or None without fees_file.
+    catalog: object | None = None
 
 
 def load(path: str | Path) -> Loaded:
@@ -242,16 +254,24 @@ def load(path: str | Path) -> Loaded:
     path = Path(path)
     config = load_toml(path, CentralConfig)
     base = path.parent
-    settings = config.central.model_copy(
-        update={
-            "site_file": (base / config.central.site_file).resolve(),
-            "database": (base / config.central.database).resolve(),
-        }
-    )
+    update = {
+        "site_file": (base / config.central.site_file).resolve(),
+        "database": (base / config.central.database).resolve(),
+    }
+    for key in ("fees_file", "brands_file"):
+        if getattr(config.central, key) is not None:
+            update[key] = (base / getattr(config.central, key)).resolve()
+    settings = config.central.model_copy(update=update)
     config = config.model_copy(update={"central": settings})
     site = load_toml(settings.site_file, Site)
     raw = path.read_bytes() + settings.site_file.read_bytes()
-    return Loaded(config=config, site=site, config_hash=digest(raw))
+    catalog = None
+    if settings.fees_file is not None:
+        from central.fees import load_catalog
+
+        catalog = load_catalog(settings.fees_file, settings.brands_file, services={s.id for s in site.services})
+        raw += settings.fees_file.read_bytes() + settings.brands_file.read_bytes()
+    return Loaded(config=config, site=site, config_hash=digest(raw), catalog=catalog)
 
 
 __all__ = ["CentralConfig", "ConfigError", "Loaded", "Site", "load"]

@@ -24,8 +24,14 @@ from bus.models import (
     DisplayCommand,
     DisplayMode,
     Intent,
+    ChargeCommand,
     IntentEvent,
+    LedgerAck,
     LobbyBoard,
+    PaymentAction,
+    PaymentCommand,
+    PaymentEvent,
+    PayMethod,
     Message,
     ServiceWait,
     Status,
@@ -34,6 +40,7 @@ from bus.models import (
 )
 from bus.topics import TopicError, Topics, parse
 from central.config import Site, QueueSettings
+from central.ledger import Ledger, PaymentError
 from central.queue import Outcome, QueueEngine, QueueError, StopState
 
 logger = logging.getLogger(__name__)
@@ -47,6 +54,18 @@ MAX_INTENT_LIFE = timedelta(seconds=30)
 #: acted, are coalesced over this many seconds (the board must still update
 #: within a second of a call: issue #6).
 BOARD_COALESCE_S = 0.2
+
+#: Charges and payment commands expire after this if the counter's Pi does not
+#: take them (it is offline): staff see the charge stay "sent" and can send it
+#: again; a stale charge never starts on its own later.
+PAYMENT_COMMAND_TTL_S = 120.0
+
+METHOD_NAMES = {
+    "cash": ("現金", "Cash"),
+    "credit": ("クレジット", "Credit card"),
+    "emoney": ("電子マネー", "E-money"),
+    "qr": ("QRコード決済", "QR payment"),
+}
 
 
 class Publisher(Protocol):
@@ -70,8 +89,9 @@ class Stats:
 
 
 class Central:
-    def __init__(self, engine: QueueEngine, site: Site, settings: QueueSettings, publisher: Publisher) -> None:
+    def __init__(self, engine: QueueEngine, site: Site, settings: QueueSettings, publisher: Publisher, *, ledger: Ledger | None = None) -> None:
         self.engine = engine
+        self.ledger = ledger
         self.site = site
         self.settings = settings
         self.publisher = publisher
@@ -114,6 +134,8 @@ class Central:
                 event = decode(model, payload)
                 if isinstance(event, IntentEvent):
                     self._on_intent(device, event)
+                elif isinstance(event, PaymentEvent):
+                    self._on_payment(device, event)
             else:
                 self.reject("unexpected", topic, f"central does not take {parts.channel!r} messages")
         except PayloadError as exc:
@@ -186,6 +208,48 @@ class Central:
         else:
             self.stats.handled[f"intent_{event.intent.value}"] += 1
         self.apply(outcome, origin=device.counter, in_reply_to=event.event_id)
+
+    def _on_payment(self, device, event: PaymentEvent) -> None:
+        topic = self.topics.event(device.id, "payment")
+        if event.counter != device.counter:
+            self.reject("wrong_counter", topic, f"{device.id} belongs to counter {device.counter}, not {event.counter}")
+            return
+        if self.ledger is None:
+            self.reject("unexpected", topic, "this central takes no payments (no fee catalog configured)")
+            return
+        try:
+            changed = self.ledger.apply_event(device.id, event)
+        except PaymentError as exc:
+            self.reject(exc.code, topic, exc.en)
+            return
+        self.stats.handled["payment" if changed else "payment_repeat"] += 1
+        # Acknowledge even a repeat: the counter re-sends until it hears this.
+        issued, expires = command_expiry(PAYMENT_COMMAND_TTL_S)
+        ack = LedgerAck(command_id=uuid.uuid4(), issued_at=issued, expires_at=expires,
+                        payment_id=event.payment_id, version=event.version)
+        self.publisher.publish(self.topics.cmd(device.id, "ledger-ack"), ack, qos=1, expiry_s=PAYMENT_COMMAND_TTL_S)
+
+    def send_charge(self, row, lines, *, start: bool) -> None:
+        """Send a priced charge (a ``sent`` ledger row) to its counter's Pi."""
+        issued, expires = command_expiry(PAYMENT_COMMAND_TTL_S)
+        method_ja, method_en = METHOD_NAMES[row.method]
+        if row.brand and self.ledger is not None and row.brand in self.ledger.catalog.brands:
+            brand = self.ledger.catalog.brands[row.brand]
+            method_ja, method_en = f"{method_ja}（{brand.name_ja}）", f"{method_en} ({brand.name_en})"
+        receipt = self.ledger.receipt_kind([line.code for line in lines], row.method) if self.ledger else "receipt"
+        cmd = ChargeCommand(
+            command_id=uuid.uuid4(), issued_at=issued, expires_at=expires, payment_id=uuid.UUID(row.payment_id),
+            charge_id=uuid.UUID(row.charge_id), counter=row.counter, ticket=row.ticket, lines=lines, total=row.amount,
+            method=PayMethod(row.method), brand=row.brand, tendered=row.tendered, receipt=receipt,
+            method_ja=method_ja[:80], method_en=method_en[:80], staff_id=row.staff_id, start=start,
+        )
+        self.publisher.publish(self.topics.cmd(row.device, "charge"), cmd, qos=1, expiry_s=PAYMENT_COMMAND_TTL_S)
+
+    def send_payment_command(self, row, action: PaymentAction, **fields) -> None:
+        issued, expires = command_expiry(PAYMENT_COMMAND_TTL_S)
+        cmd = PaymentCommand(command_id=uuid.uuid4(), issued_at=issued, expires_at=expires,
+                             payment_id=uuid.UUID(row.payment_id), action=action, **fields)
+        self.publisher.publish(self.topics.cmd(row.device, "payment"), cmd, qos=1, expiry_s=PAYMENT_COMMAND_TTL_S)
 
     # ---------------------------------------------------------------- bus out
     def apply(self, outcome: Outcome, *, origin: str | None = None, in_reply_to: uuid.UUID | None = None) -> None:

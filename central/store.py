@@ -90,6 +90,65 @@ SCHEMA = [
         detail TEXT
     );
     """,
+    # 2: payments (issue #3).  The ledger: one row per payment id, the
+    # counter's latest version; payment_log is append-only.
+    """
+    CREATE TABLE payments (
+        payment_id TEXT PRIMARY KEY,
+        charge_id TEXT NOT NULL,
+        counter TEXT NOT NULL,
+        device TEXT,
+        day TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        original_id TEXT,
+        ticket INTEGER,
+        state TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        brand TEXT,
+        card_name TEXT,
+        amount INTEGER NOT NULL,
+        tendered INTEGER,
+        change INTEGER,
+        terminal TEXT,
+        terminal_id TEXT,
+        slip_no TEXT,
+        approval_no TEXT,
+        txn_at TEXT,
+        receipt_no TEXT,
+        staff_id TEXT,
+        reason TEXT,
+        note TEXT,
+        message_ja TEXT NOT NULL DEFAULT '',
+        message_en TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX payments_by_day ON payments (day, counter);
+    CREATE INDEX payments_by_original ON payments (original_id);
+    CREATE TABLE payment_lines (
+        payment_id TEXT NOT NULL REFERENCES payments(payment_id),
+        position INTEGER NOT NULL,
+        code TEXT NOT NULL,
+        name_ja TEXT NOT NULL,
+        name_en TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        unit_price INTEGER NOT NULL,
+        amount INTEGER NOT NULL,
+        account TEXT NOT NULL,
+        PRIMARY KEY (payment_id, position)
+    );
+    CREATE TABLE payment_log (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        payment_id TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        source TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX payment_log_by_payment ON payment_log (payment_id, id);
+    """,
 ]
 
 

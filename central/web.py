@@ -11,6 +11,7 @@ is refused before it is read.
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime
 from importlib import resources
 from typing import Annotated, Literal
@@ -20,6 +21,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from bus.topics import ID_PATTERN
+from bus.models import PaymentAction
+from central.ledger import PaymentError
 from central.queue import MAX_PROCEDURES, QueueError, TicketView
 from central.service import Central
 
@@ -34,7 +37,10 @@ IdempotencyKey = Annotated[
     Header(max_length=64, description="retry-safe: an action sent again with the same key is applied once"),
 ]
 
-STATUS_OF = {"not_found": 404, "conflict": 409, "precedence": 409, "empty": 409, "busy": 409, "invalid": 422}
+STATUS_OF = {
+    "not_found": 404, "conflict": 409, "precedence": 409, "empty": 409, "busy": 409, "invalid": 422,
+    "method_not_allowed": 422, "wrong_counter": 403, "too_late": 409, "unavailable": 503,
+}
 
 
 class Body(BaseModel):
@@ -51,6 +57,40 @@ class CallRequest(Body):
 
 class ServiceRequest(Body):
     service: Id
+
+
+class ChargeLineIn(Body):
+    code: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+    quantity: int = Field(ge=1, le=999)
+
+
+StaffId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$")]
+SlipNo = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,20}$")]
+
+
+class ChargeRequest(Body):
+    lines: list[ChargeLineIn] = Field(min_length=1, max_length=20)
+    method: Annotated[str, StringConstraints(max_length=20)]
+    brand: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")] | None = None
+    #: Cash: what the visitor handed over (change is computed).
+    tendered: int | None = Field(default=None, ge=0, le=9_999_999)
+    ticket: int | None = Field(default=None, ge=1, le=9999)
+    staff_id: StaffId | None = None
+    #: Start at once instead of waiting for PAY at the counter.
+    start: bool = False
+    #: Chosen by the client to make a retry safe: the same id is charged once.
+    payment_id: Annotated[str, StringConstraints(max_length=36)] | None = None
+
+
+class PaymentActionRequest(Body):
+    #: The counter the request comes from (a void from another counter is refused).
+    counter: Id
+    staff_id: StaffId | None = None
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    approved: bool | None = None
+    slip_no: SlipNo | None = None
+    approval_no: SlipNo | None = None
+    tendered: int | None = Field(default=None, ge=0, le=9_999_999)
 
 
 class StopOut(BaseModel):
@@ -125,6 +165,14 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
 
     @app.exception_handler(QueueError)
     async def queue_error(request: Request, exc: QueueError):
+        return JSONResponse(
+            {"error": exc.code, "message_ja": exc.ja, "message_en": exc.en},
+            status_code=STATUS_OF.get(exc.code, 409),
+        )
+
+    @app.exception_handler(PaymentError)
+    async def payment_error(request: Request, exc: PaymentError):
+        logger.info("payment request refused: %s: %s", exc.code, exc.en)
         return JSONResponse(
             {"error": exc.code, "message_ja": exc.ja, "message_en": exc.en},
             status_code=STATUS_OF.get(exc.code, 409),
@@ -209,6 +257,78 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
     async def get_counter(counter: str):
         return counter_out(known_counter(counter))
 
+    # ------------------------------------------------------------ payments (docs/payments.md)
+    def ledger():
+        if central.ledger is None:
+            raise PaymentError("unavailable", "料金表が設定されていません", "no fee catalog configured")
+        return central.ledger
+
+    @app.get("/api/v1/fees")
+    async def fees():
+        catalog = ledger().catalog
+        return {
+            "items": [item.model_dump(mode="json") for item in catalog.items.values()],
+            "brands": [b.model_dump(mode="json") for b in catalog.brands.values()],
+        }
+
+    @app.get("/api/v1/fees/{code}/flow")
+    async def fee_flow(code: str, method: Annotated[str, Query(max_length=20)] = "cash"):
+        catalog = ledger().catalog
+        try:
+            item = catalog.item(code)
+            return {"code": item.code, "method": method, "steps": catalog.flow(code, method)}
+        except KeyError as exc:
+            raise PaymentError("not_found", f"科目 {code[:32]} はありません", str(exc.args[0] if exc.args else exc)) from None
+        except ValueError as exc:
+            raise PaymentError("invalid", str(exc), str(exc)) from None
+
+    @app.post("/api/v1/counters/{counter}/charges", status_code=201)
+    async def create_charge(counter: str, body: ChargeRequest):
+        row, lines, new = ledger().create_charge(
+            counter=counter, lines=[(line.code, line.quantity) for line in body.lines], method=body.method,
+            brand=body.brand, tendered=body.tendered, ticket=body.ticket, staff_id=body.staff_id, payment_id=body.payment_id,
+        )
+        if new:
+            central.send_charge(row, lines, start=body.start)
+        return ledger().get(row.payment_id).public()
+
+    @app.get("/api/v1/payments")
+    async def list_payments(day: Day | None = None, counter: Annotated[str | None, Query(max_length=32)] = None):
+        return [p.public() for p in ledger().list(day=day, counter=counter)]
+
+    @app.get("/api/v1/payments/{payment_id}")
+    async def get_payment(payment_id: Annotated[str, Path(max_length=36)]):
+        row = ledger().get(payment_id)
+        return {**row.public(), "log": ledger().log(payment_id)}
+
+    @app.post("/api/v1/payments/{payment_id}/{action}")
+    async def payment_action(
+        payment_id: Annotated[str, Path(max_length=36)],
+        action: Literal["start", "cancel", "confirm", "resolve", "void", "reprint"],
+        body: PaymentActionRequest,
+    ):
+        led = ledger()
+        if action == "void":
+            if body.staff_id is None or body.reason is None:
+                raise PaymentError("invalid", "取消には職員番号と理由が必要です", "a void needs staff_id and reason")
+            new, kind = led.prepare_void(payment_id, counter=body.counter, staff_id=body.staff_id, reason=body.reason)
+            central.send_payment_command(
+                led.get(payment_id), PaymentAction.VOID if kind == "void" else PaymentAction.REFUND,
+                new_id=uuid.UUID(new.payment_id), staff_id=body.staff_id, reason=body.reason,
+            )
+            return {**led.get(new.payment_id).public(), "action": kind}
+        row = led.check_counter(payment_id, body.counter)
+        if action in ("confirm", "resolve") and body.approved is not None and body.staff_id is None:
+            raise PaymentError("invalid", "確定には職員番号が必要です", "confirming needs staff_id")
+        if action == "confirm" and body.approved is None:
+            raise PaymentError("invalid", "結果（決済できた／できなかった）を選んでください", "confirm needs approved")
+        fields = {k: v for k, v in body.model_dump().items() if k != "counter" and v is not None}
+        try:
+            central.send_payment_command(row, PaymentAction(action), **fields)
+        except ValueError as exc:
+            raise PaymentError("invalid", "指示の内容が不正です", str(exc)[:200]) from None
+        return {**row.public(), "action": action}
+
     simple = {
         "call-next": engine.call_next,
         "recall": engine.recall,
@@ -247,6 +367,7 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
             return ActionOut(ticket=view.ticket, message_ja="処理済みです", message_en="already done (retry)")
         return act(outcome, counter)
 
+
     @app.get("/api/v1/stats")
     async def stats():
         return {
@@ -263,5 +384,16 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
     @app.get("/", response_class=HTMLResponse)
     async def overview():
         return resources.files("central").joinpath("overview.html").read_text(encoding="utf-8")
+
+    # The counter console (docs/console.md): one page; /console lists the
+    # counters, /console/{counter} is the console of one (the page reads the
+    # counter from its path and checks it with the API).
+    @app.get("/console", response_class=HTMLResponse)
+    async def console_choose():
+        return resources.files("central").joinpath("console.html").read_text(encoding="utf-8")
+
+    @app.get("/console/{counter}", response_class=HTMLResponse)
+    async def console(counter: Annotated[str, Path(pattern=ID_PATTERN)]):
+        return resources.files("central").joinpath("console.html").read_text(encoding="utf-8")
 
     return app

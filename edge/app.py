@@ -19,9 +19,12 @@ from bus.models import HealthState, Health, Info, PeripheralHealth, PeripheralIn
 from bus.topics import Topics
 from drivers.buttons import ButtonError, ButtonPanel, press
 from drivers.display import Display, DisplayError, HdmiDisplay, LogDisplay
+from drivers.errors import DriverError
 from edge import config as edge_config
 from edge.config import EdgeConfig
 from edge.counter import CounterRole
+from edge.journal import Journal, JournalError
+from edge.payments import PaymentRole
 from edge.session import EdgeSession, Received
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ BUTTON_LABELS = {
     "no_show": "不在 No-show",
     "finish": "完了 Done",
     "hold": "保留 Hold",
+    "pay": "支払 PAY",
 }
 
 
@@ -57,6 +61,8 @@ class EdgeDaemon:
         config_hash: str = "0" * 16,
         pin_factory: Any = None,
         display: Display | None = None,
+        terminal: Any = None,
+        printer: Any = None,
     ) -> None:
         self.config = config
         self.config_hash = config_hash
@@ -66,6 +72,15 @@ class EdgeDaemon:
         self._started_mono = time.monotonic()
         self._pin_factory = pin_factory
         self._display = display
+        self._terminal = terminal
+        self._printer = printer
+        self.terminal: Any = None
+        self.printer: Any = None
+        self.journal: Journal | None = None
+        self.payments: PaymentRole | None = None
+        self._sim: Any = None
+        self.printer_spool: Any = None
+        self._seq = 0
         self.buttons: ButtonPanel | None = None
         self.display: Display | None = None
         self.session: EdgeSession | None = None
@@ -90,11 +105,49 @@ class EdgeDaemon:
                 intent.value: (BUTTON_LABELS[intent.value], self._mock_press_of(pin))
                 for intent, pin in self.config.buttons.pins.items()
             }
+            if self.config.buttons.pay is not None:
+                controls["pay"] = (BUTTON_LABELS["pay"], self._mock_press_of(self.config.buttons.pay))
         return HdmiDisplay(
             host=cfg.host, port=cfg.port,
             title_ja=cfg.title_ja, title_en=cfg.title_en,
             controls=controls,
         )
+
+    def _make_terminal(self) -> Any:
+        """The payment terminal the config names (None: cash only)."""
+        if self._terminal is not None:
+            return self._terminal
+        t = self.config.terminal
+        if t.driver == "none":
+            return None
+        if t.driver == "manual":
+            from drivers.terminal.manual import ManualTerminal
+            return ManualTerminal()
+        from drivers.terminal.zvt import ZvtTerminal
+        if t.driver == "sim":
+            # The simulator speaks ZVT on a pty: the real driver talks to it.
+            from drivers.terminal.sim import SimTerminal
+            self._sim = SimTerminal(scenario=t.scenario)
+            return ZvtTerminal(self._sim.port, password=t.password.get_secret_value(), t3_s=t.t3_s, t4_s=t.t4_s)
+        return ZvtTerminal(t.port, baudrate=t.baudrate, password=t.password.get_secret_value(), t3_s=t.t3_s, t4_s=t.t4_s)
+
+    def _make_printer(self) -> Any:
+        if self._printer is not None:
+            return self._printer
+        p = self.config.printer
+        if p.driver == "none":
+            return None
+        from drivers.printer import Printer
+        if p.driver == "usb":
+            return Printer.usb(p.vendor_id, p.product_id, mode=p.mode, columns=p.columns)
+        if p.driver == "serial":
+            return Printer.serial(p.port, baudrate=p.baudrate, mode=p.mode, columns=p.columns)
+        return Printer.network(p.host, port=p.tcp_port, mode=p.mode, columns=p.columns)
+
+    def next_seq(self) -> int:
+        """Event sequence numbers of this boot, shared by all roles."""
+        seq, self._seq = self._seq, self._seq + 1
+        return seq
 
     def _mock_press_of(self, pin):
         def pressed() -> None:
@@ -103,7 +156,8 @@ class EdgeDaemon:
 
     def _health(self) -> Health:
         parts: dict[str, PeripheralHealth] = {}
-        for name, part in (("buttons", self.buttons), ("display", self.display), ("clock", self.role.clock if self.role else None)):
+        for name, part in (("buttons", self.buttons), ("display", self.display), ("clock", self.role.clock if self.role else None),
+                           ("terminal", self.terminal), ("printer", self.printer_spool)):
             if part is None:
                 parts[name] = PeripheralHealth(status=HealthState.ABSENT)
                 continue
@@ -119,6 +173,8 @@ class EdgeDaemon:
             peripherals={
                 "buttons": PeripheralInfo(driver=self.config.buttons.driver),
                 "display": PeripheralInfo(driver=display_driver),
+                "terminal": PeripheralInfo(driver=self.config.terminal.driver if self._terminal is None else type(self._terminal).__name__),
+                "printer": PeripheralInfo(driver=self.config.printer.driver if self._printer is None else type(self._printer).__name__),
             },
             ip=self.session.local_ip if self.session else None, boot_id=self.boot_id, started_at=self.started_at,
         )
@@ -132,6 +188,8 @@ class EdgeDaemon:
         try:
             if self.role is not None and self.role.on_message(msg):
                 return
+            if self.payments is not None and self.payments.on_message(msg):
+                return
             logger.warning("%s: unexpected message on %s", self.config.device.id, msg.topic)
         except Exception:  # one bad message must not stop the daemon
             logger.exception("%s: failed to handle message on %s", self.config.device.id, msg.topic)
@@ -143,7 +201,10 @@ class EdgeDaemon:
 
     def _pressed_on_loop(self, name: str, monotonic: float) -> None:
         try:
-            if self.role is not None:
+            if name == "pay":
+                if self.payments is not None:
+                    self.payments.on_pay_button()
+            elif self.role is not None:
                 self.role.on_press(name, monotonic)
         except Exception:
             logger.exception("%s: failed to handle the %s button", self.config.device.id, name)
@@ -160,11 +221,17 @@ class EdgeDaemon:
                 if cfg.buttons.driver == "mock" and self._pin_factory is None:
                     from gpiozero.pins.mock import MockFactory
                     self._pin_factory = MockFactory()
+                pins = {intent.value: pin for intent, pin in cfg.buttons.pins.items()}
+                if cfg.buttons.pay is not None:
+                    pins["pay"] = cfg.buttons.pay
                 self.buttons = ButtonPanel(
-                    {intent.value: pin for intent, pin in cfg.buttons.pins.items()}, self._on_press,
+                    pins, self._on_press,
                     pin_factory=self._pin_factory, debounce_s=cfg.buttons.debounce_ms / 1000, pull_up=cfg.buttons.pull_up,
                 )
-            except (ButtonError, DisplayError, OSError) as exc:
+                self.journal = Journal(cfg.payments.journal)
+                self.terminal = self._make_terminal()
+                self.printer = self._make_printer()
+            except (ButtonError, DisplayError, DriverError, JournalError, OSError) as exc:
                 logger.error("%s: cannot start peripherals: %s", cfg.device.id, exc)
                 return EXIT_HARDWARE
             self.session = EdgeSession(
@@ -174,10 +241,23 @@ class EdgeDaemon:
                 keepalive_s=cfg.mqtt.keepalive_s, reconnect_cap_s=cfg.mqtt.reconnect_cap_s,
                 subscriptions=[self.topics.device_commands(cfg.device.id), self.topics.central_status()],
                 retained=self._retained,
-                on_connected=lambda: None, on_disconnected=self._on_disconnected, on_message=self._on_message,
+                on_connected=self._on_connected, on_disconnected=self._on_disconnected, on_message=self._on_message,
                 on_fatal=self._fatal,
             )
-            self.role = CounterRole(cfg, self.topics, self.display, self.session, boot_id=self.boot_id)
+            self.role = CounterRole(cfg, self.topics, self.display, self.session, boot_id=self.boot_id, next_seq=self.next_seq)
+            if self.printer is not None:
+                from edge.printing import PrintSpool  # python-escpos is only needed with a printer
+            self.printer_spool = PrintSpool(self.journal, self.printer, device=cfg.device.id,
+                                            header=(cfg.payments.office_ja, cfg.payments.office_en),
+                                            counter_name=(cfg.device.counter_name_ja, cfg.device.counter_name_en)) if self.printer else None
+            self.payments = PaymentRole(
+                device=cfg.device.id, counter=cfg.device.counter, topics=self.topics, session=self.session,
+                journal=self.journal, terminal=self.terminal, boot_id=self.boot_id, next_seq=self.next_seq,
+                notify=self.role.notice, printer=self.printer_spool,
+            )
+            if self.printer_spool is not None:
+                self.printer_spool.start(self.loop)
+            self.payments.start(self.loop)
             # Peripherals are up: the counter works (and says "connecting")
             # before the broker is reachable.  Offline-first.
             self.session.start(self.loop)
@@ -190,12 +270,25 @@ class EdgeDaemon:
                     self._publish_health_if_changed()
             return 1 if self._fatal_reason else 0
         finally:
+            if self.payments is not None:
+                self.payments.close()
+            if self.printer_spool is not None:
+                self.printer_spool.close()
             if self.session is not None:
                 self.session.stop()
             if self.buttons is not None:
                 self.buttons.close()
+            for part, given in ((self.terminal, self._terminal), (self.printer, self._printer), (self._sim, None)):
+                if part is not None and given is None:
+                    part.close()
+            if self.journal is not None:
+                self.journal.close()
             if self.display is not None and self._display is None:
                 self.display.close()
+
+    def _on_connected(self) -> None:
+        if self.payments is not None:
+            self.payments.flush_outbox()
 
     def _on_disconnected(self) -> None:
         if self.role is not None:

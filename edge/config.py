@@ -63,6 +63,8 @@ class ButtonsSettings(Strict):
             Intent.HOLD: 24,
         }
     )
+    #: The PAY button (starts the charge waiting at this counter); None: none fitted.
+    pay: Pin | None = 25
     pull_up: bool = True
     #: Contact bounce window: edges closer than this are one press.
     debounce_ms: int = Field(default=50, ge=0, le=1000)
@@ -71,7 +73,7 @@ class ButtonsSettings(Strict):
 
     @model_validator(mode="after")
     def _distinct_pins(self) -> ButtonsSettings:
-        pins = [str(p).removeprefix("GPIO").removeprefix("BCM") for p in self.pins.values()]
+        pins = [str(p).removeprefix("GPIO").removeprefix("BCM") for p in (*self.pins.values(), self.pay) if p is not None]
         if len(set(pins)) != len(pins):
             raise ValueError("two buttons on the same pin")
         return self
@@ -94,12 +96,75 @@ class CounterSettings(Strict):
     intent_timeout_s: float = Field(default=3.0, ge=0.5, le=30)
 
 
+class PaymentSettings(Strict):
+    #: The payment journal (SQLite).  Written before the terminal is touched;
+    #: keep it on the Pi's own storage, never on a network share.
+    journal: Path = Path("/var/lib/madoguchi/journal.db")
+    #: What receipts say at the top (the office), Japanese and English.
+    office_ja: str = Field(default="", max_length=30)
+    office_en: str = Field(default="", max_length=40)
+
+
+class TerminalSettings(Strict):
+    #: "none": cash only; "zvt": a ZVT terminal on ``port``; "manual": a
+    #: stand-alone terminal staff operate by hand (the console records the
+    #: outcome); "sim": the built-in ZVT simulator on a pty (demo, laptop).
+    driver: Literal["none", "zvt", "manual", "sim"] = "none"
+    #: Serial device of a ZVT terminal, e.g. /dev/serial/by-id/usb-...
+    port: str | None = Field(default=None, max_length=200)
+    baudrate: int = Field(default=9600, ge=1200, le=115200)
+    #: ZVT password of the terminal (6 digits).
+    password: SecretStr = SecretStr("000000")
+    #: ZVT timers (docs/terminal.md): T3, the wait for the terminal's first
+    #: answer; T4, the longest silence while a transaction runs (the visitor
+    #: looking for a card).  After T4 the outcome is unknown, never retried.
+    t3_s: float = Field(default=5.0, ge=0.5, le=60)
+    t4_s: float = Field(default=180.0, ge=1, le=600)
+    #: The simulator's scenario (driver "sim"): approve, decline, silent, ...
+    scenario: str = Field(default="approve", max_length=30, pattern=r"^[a-z_]+$")
+
+    @model_validator(mode="after")
+    def _port(self) -> TerminalSettings:
+        if self.driver == "zvt" and not self.port:
+            raise ValueError("terminal driver 'zvt' needs 'port'")
+        if not self.password.get_secret_value().isdigit() or len(self.password.get_secret_value()) != 6:
+            raise ValueError("terminal password must be 6 digits")
+        return self
+
+
+class PrinterSettings(Strict):
+    #: "none", "usb" (vendor_id/product_id), "serial" (port), "network" (host:port 9100).
+    driver: Literal["none", "usb", "serial", "network"] = "none"
+    #: "kanji": a Japanese-model printer (Shift_JIS kanji mode); "image": any
+    #: ESC/POS printer, the text is rendered with a CJK font and sent as an image.
+    mode: Literal["kanji", "image"] = "kanji"
+    vendor_id: int | None = Field(default=None, ge=0, le=0xFFFF)
+    product_id: int | None = Field(default=None, ge=0, le=0xFFFF)
+    port: str | None = Field(default=None, max_length=200)
+    baudrate: int = Field(default=38400, ge=1200, le=115200)
+    host: str | None = Field(default=None, max_length=253)
+    tcp_port: int = Field(default=9100, ge=1, le=65535)
+    #: Paper width in half-width columns: 42 for 80 mm, 32 for 58 mm.
+    columns: int = Field(default=42, ge=24, le=64)
+
+    @model_validator(mode="after")
+    def _connection(self) -> PrinterSettings:
+        need = {"usb": ("vendor_id", "product_id"), "serial": ("port",), "network": ("host",)}.get(self.driver, ())
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"printer driver {self.driver!r} needs {', '.join(missing)}")
+        return self
+
+
 class EdgeConfig(Strict):
     device: DeviceSettings
     mqtt: MqttSettings = MqttSettings()
     buttons: ButtonsSettings = ButtonsSettings()
     display: DisplaySettings = DisplaySettings()
     counter: CounterSettings = CounterSettings()
+    payments: PaymentSettings = PaymentSettings()
+    terminal: TerminalSettings = TerminalSettings()
+    printer: PrinterSettings = PrinterSettings()
 
 
 def load(path: str | Path) -> tuple[EdgeConfig, str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import statistics
 import logging
 import uuid
@@ -81,7 +82,7 @@ class CentralClock:
 
 
 class CounterRole:
-    def __init__(self, config: EdgeConfig, topics: Topics, display: Display, session, *, boot_id: str) -> None:
+    def __init__(self, config: EdgeConfig, topics: Topics, display: Display, session, *, boot_id: str, next_seq=None) -> None:
         self.config = config
         self.device = config.device.id
         self.counter = config.device.counter
@@ -89,7 +90,8 @@ class CounterRole:
         self.display = display
         self.session = session
         self.boot_id = boot_id
-        self._seq = 0  # per boot; counts published events only, so a gap means a lost one
+        # Sequence numbers per boot, shared with the payment role's events.
+        self._next_seq = next_seq or itertools.count().__next__
         self._last_press: dict[Intent, float] = {}
         #: event_id → intent, for presses waiting for central's answer.
         self.pending: dict[uuid.UUID, Intent] = {}
@@ -146,7 +148,7 @@ class CounterRole:
         now = self.clock.now()  # central's time, as far as we can tell
         timeout = self.config.counter.intent_timeout_s
         event = IntentEvent(
-            event_id=uuid.uuid4(), boot_id=self.boot_id, seq=self._seq, ts=now,
+            event_id=uuid.uuid4(), boot_id=self.boot_id, seq=self._next_seq(), ts=now,
             counter=self.counter, intent=intent, expires_at=now + timedelta(seconds=timeout),
         )
         # QoS 0 on purpose: a press is at-most-once.  paho re-sends an
@@ -157,7 +159,6 @@ class CounterRole:
             self.stats["refused_offline"] += 1
             self.notice(*NOT_CONNECTED)
             return
-        self._seq += 1
         self.stats["sent"] += 1
         self.pending[event.event_id] = intent
         # Wait a little longer than the event lives, so an answer that was

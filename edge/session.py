@@ -236,13 +236,17 @@ class EdgeSession:
     def publish(self, topic: str, message: Message, *, qos: int = 1, retain: bool = False, expiry_s: float | None = None) -> bool:
         """Queue ``message`` for the network thread; False if not connected
         (nothing is queued then)."""
+        return self.publish_raw(topic, encode(message), qos=qos, retain=retain, expiry_s=expiry_s)
+
+    def publish_raw(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, expiry_s: float | None = None) -> bool:
+        """Like :meth:`publish` for an already encoded payload (the outbox)."""
         if not self.connected:
             return False
         props = None
         if expiry_s is not None:
             props = Properties(PacketTypes.PUBLISH)
             props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
-        info = self.client.publish(topic, encode(message), qos=qos, retain=retain, properties=props)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def stop(self, timeout: float = 3.0) -> None:

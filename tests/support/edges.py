@@ -5,6 +5,7 @@ its own Pi), with a :class:`FakeDisplay` to read what the counter shows."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 import time
 
@@ -18,6 +19,9 @@ from edge.config import EdgeConfig
 
 
 def edge_config(device: str, counter: str, broker_port: int, *, site: str = "midori", extra: str = "") -> EdgeConfig:
+    if "[payments]" not in extra:
+        # Each edge its own journal (the default lives in /var/lib/madoguchi).
+        extra += f'\n[payments]\njournal = "{tempfile.mkdtemp(prefix="journal-")}/journal.db"\n'
     text = f"""
 [device]
 id = "{device}"

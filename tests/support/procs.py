@@ -82,12 +82,15 @@ class Broker:
 
 def central_toml(workdir: Path, broker_port: int, http_port: int, *, site: Path = SITE_TOML, database: Path | None = None, extra: str = "") -> Path:
     """A central.toml for a test.  Each gets its own MQTT client id, so the
-    persistent session of one test's central never feeds another's."""
+    persistent session of one test's central never feeds another's.  The
+    repo's site gets the repo's fee catalog too."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "central.toml"
+    fees = (f'fees_file = "{REPO / "config" / "fees.toml"}"\nbrands_file = "{REPO / "config" / "brands.toml"}"\n'
+            if site == SITE_TOML else "")
     path.write_text(
         "[central]\n"
-        f'site_file = "{site}"\n'
+        f'site_file = "{site}"\n' + fees +
         f'database = "{database or workdir / "central.db"}"\n'
         "[mqtt]\n"
         f"port = {broker_port}\n"
@@ -171,3 +174,70 @@ class CentralProcess:
 
     def issue(self, *procedures: str) -> dict:
         return self.post("/api/v1/tickets", {"procedures": list(procedures)})
+
+
+@dataclass
+class EdgeProcess:
+    """``madoguchi edge`` as a real child process (so it can be kill -9'd),
+    with mock buttons, a log display and its own journal."""
+
+    workdir: Path
+    device: str
+    counter: str
+    broker_port: int
+    extra: str = ""
+    env: dict | None = None
+    proc: subprocess.Popen | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / f"{self.device}.toml"
+
+    @property
+    def journal(self) -> Path:
+        return self.workdir / f"{self.device}-journal.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.device}.log"
+
+    def start(self, *, crashpoint: str | None = None) -> "EdgeProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f'[device]\nid = "{self.device}"\nsite = "midori"\nrole = "counter"\ncounter = "{self.counter}"\n'
+            f'counter_name_ja = "{self.counter}番窓口"\ncounter_name_en = "Counter {self.counter}"\n'
+            f"[mqtt]\nport = {self.broker_port}\nkeepalive_s = 5\nreconnect_cap_s = 1\n"
+            '[buttons]\ndriver = "mock"\n[display]\ndriver = "log"\n'
+            f'[payments]\njournal = "{self.journal}"\noffice_ja = "みどり市役所 市民課"\n' + self.extra,
+            encoding="utf-8",
+        )
+        env = {**os.environ, **(self.env or {})}
+        env.pop("MADOGUCHI_CRASHPOINT", None)
+        if crashpoint:
+            env["MADOGUCHI_CRASHPOINT"] = crashpoint
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bus.cli", "edge", "--config", str(self.config)],
+            stdout=self.log, stderr=self.log, cwd=REPO, env=env,
+        )
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

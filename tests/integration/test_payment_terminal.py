@@ -1,0 +1,154 @@
+"""Card payments against the ZVT simulator on a pty, through the whole
+product: console API → central → the counter's edge daemon (the real
+ZvtTerminal driver on the pty) → back into central's ledger.
+
+Each of the simulator's fault scenarios must end in the right state, with the
+message that tells staff what to do, and the terminal's own journal must agree
+with the ledger: never two approved sales, never an approved sale the ledger
+does not show.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from drivers.terminal.base import Outcome, TxKind
+from drivers.terminal.sim import SimTerminal
+from tests.integration.test_payments import charge, payment, wait_for, wait_state
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def sim(tmp_path):
+    terminal = SimTerminal(link=tmp_path / "ttyPT", ecr_answer_timeout_s=1.0, card_wait_s=0.05)
+    yield terminal
+    terminal.close()
+
+
+@pytest.fixture
+def card_office(central_factory, edges, sim, tmp_path):
+    central = central_factory()
+    edge = edges("counter-1", "1", extra=f'[terminal]\ndriver = "zvt"\nport = "{sim.link}"\nt3_s = 2\nt4_s = 3\n')
+    return central, edge
+
+
+def approved_sales(sim):
+    return [t for t in sim.transactions if t.kind is TxKind.SALE and t.outcome is Outcome.APPROVED
+            and not t.reversed_by_terminal and not t.voided]
+
+
+def card_charge(central, method="credit", brand="visa", code="juminhyo"):
+    status, sent = charge(central, lines=[{"code": code, "quantity": 1}], method=method, brand=brand, start=True,
+                          staff_id="s1")
+    assert status == 201, sent
+    return sent["payment_id"]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "final", "reason", "says"),
+    [
+        ("approve", "approved", None, "完了"),
+        ("decline", "declined", "declined", "別の方法"),
+        ("silent", "declined", "terminal_unavailable", "端末が応答しません"),
+        ("crc_corruption", "approved", None, "完了"),
+        ("slow_bytes", "approved", None, "完了"),
+        ("duplicate_frames", "approved", None, "完了"),
+    ],
+)
+def test_scenario_ends_in_the_right_state(card_office, sim, scenario, final, reason, says):
+    central, edge = card_office
+    sim.scenario = scenario
+    pid = card_charge(central)
+    p = wait_state(central, pid, final, timeout=30)
+    assert p["reason"] == reason, p
+    assert says in p["message_ja"], p
+    sales = approved_sales(sim)
+    if final == "approved":
+        assert len(sales) == 1 and sales[0].amount == 300
+        assert p["slip_no"] == sales[0].receipt_no and p["approval_no"] == sales[0].approval_no
+        assert p["card_name"] == "VISA" and p["terminal"] == "zvt"
+    else:
+        assert sales == []
+    if scenario == "silent":
+        # Nothing was sent but the status enquiry: the sale never left the Pi.
+        assert not any(c.startswith("06 01") for c in sim.received_commands)
+    # The visitor's display says how it went.
+    assert edge.screen is not None
+
+
+@pytest.mark.parametrize(
+    ("scenario", "resolved", "reason"),
+    [
+        ("completion_lost", "approved", None),
+        ("drop_after_status", "approved", None),
+        ("cable_pulled", "declined", "not_processed"),
+    ],
+)
+def test_unknown_outcome_is_resolved_by_asking_the_terminal(card_office, sim, scenario, resolved, reason):
+    central, edge = card_office
+    sim.scenario = scenario
+    pid = card_charge(central)
+    p = wait_state(central, pid, "unknown", resolved if scenario == "completion_lost" else "unknown", timeout=30)
+    if p["state"] == "unknown":
+        assert "処理未了" in p["message_ja"] and "やり直さない" in p["message_ja"] or "確" in p["message_ja"], p
+        # Staff plug the cable back in and press 端末に確認 on the console.
+        if not sim.port:
+            sim.replug()
+        sim.scenario = "approve"
+        status, _ = central.request("POST", f"/api/v1/payments/{pid}/resolve", {"counter": "1"})
+        assert status == 200
+    p = wait_state(central, pid, resolved, timeout=30)
+    assert p["reason"] == reason, p
+    # The sale was sent exactly once: never retried.
+    assert sum(c.startswith("06 01") for c in sim.received_commands) == 1
+    assert len(approved_sales(sim)) == (1 if resolved == "approved" else 0)
+    if resolved == "approved":
+        assert p["slip_no"] == approved_sales(sim)[0].receipt_no
+
+
+def test_unknown_resolved_by_staff_needs_a_slip_number(card_office, sim):
+    central, edge = card_office
+    sim.scenario = "cable_pulled"
+    pid = card_charge(central)
+    wait_state(central, pid, "unknown", timeout=30)
+    # The cable stays out: asking the terminal cannot help; staff read the terminal.
+    status, answer = central.request("POST", f"/api/v1/payments/{pid}/resolve", {"counter": "1", "approved": True})
+    assert status == 422 and "職員番号" in answer["message_ja"]
+    status, _ = central.request("POST", f"/api/v1/payments/{pid}/resolve",
+                                {"counter": "1", "approved": False, "staff_id": "s9"})
+    assert status == 200
+    p = wait_state(central, pid, "declined")
+    assert p["reason"] == "staff" and p["staff_id"] == "s9"
+
+
+def test_void_of_a_card_payment_at_the_terminal(card_office, sim):
+    central, edge = card_office
+    pid = card_charge(central)
+    wait_state(central, pid, "approved", timeout=30)
+    status, void = central.request("POST", f"/api/v1/payments/{pid}/void",
+                                   {"counter": "1", "staff_id": "s1", "reason": "金額誤り"})
+    assert status == 200 and void["action"] == "void", void
+    done = wait_state(central, void["payment_id"], "approved", timeout=30)
+    assert wait_state(central, pid, "voided")
+    assert approved_sales(sim) == []  # the terminal's sale is voided too
+    assert any(c.startswith("06 30") for c in sim.received_commands)
+    assert done["original_id"] == pid
+
+
+def test_emoney_that_cannot_be_voided_becomes_a_refund(card_office, sim):
+    central, edge = card_office
+    sim.present_card("nanaco")
+    sim.brand = "nanaco"
+    pid = card_charge(central, method="emoney", brand="nanaco")
+    wait_state(central, pid, "approved", timeout=30)
+    status, refund = central.request("POST", f"/api/v1/payments/{pid}/void",
+                                     {"counter": "1", "staff_id": "s1", "reason": "申請取下げ"})
+    assert status == 200 and refund["action"] == "refund" and refund["kind"] == "refund", refund
+    done = wait_state(central, refund["payment_id"], "approved", timeout=30)
+    assert done["method"] == "cash" and done["original_id"] == pid and done["amount"] == 300
+    assert wait_state(central, pid, "refunded")
+    # Nothing was asked of the terminal: nanaco cannot be voided there.
+    assert not any(c.startswith("06 30") for c in sim.received_commands)
