@@ -212,7 +212,8 @@ class ChargeLine(BaseModel):
     code: CatalogId
     name_ja: DisplayText
     name_en: DisplayText
-    quantity: int = Field(ge=1, le=999)
+    #: Up to 100,000 (行政情報の写し are charged per sheet).
+    quantity: int = Field(ge=1, le=100_000)
     unit_price: Yen
     amount: Yen
     account: str = Field(min_length=1, max_length=40)

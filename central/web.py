@@ -61,7 +61,8 @@ class ServiceRequest(Body):
 
 class ChargeLineIn(Body):
     code: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
-    quantity: int = Field(ge=1, le=999)
+    #: The item's own max_quantity is checked by the catalog.
+    quantity: int = Field(ge=1, le=100_000)
 
 
 StaffId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,19}$")]
@@ -268,7 +269,10 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         catalog = ledger().catalog
         return {
             "items": [item.model_dump(mode="json") for item in catalog.items.values()],
-            "brands": [b.model_dump(mode="json") for b in catalog.brands.values()],
+            "brands": [
+                {**b.model_dump(mode="json"), "void_note_ja": b.void_note_ja, "unknown_note_ja": b.unknown_note_ja}
+                for b in catalog.brands.values()
+            ],
         }
 
     @app.get("/api/v1/fees/{code}/flow")
@@ -288,7 +292,10 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
             counter=counter, lines=[(line.code, line.quantity) for line in body.lines], method=body.method,
             brand=body.brand, tendered=body.tendered, ticket=body.ticket, staff_id=body.staff_id, payment_id=body.payment_id,
         )
-        if new:
+        if new or row.state == "sent":
+            # New, or a retry of a charge the counter never confirmed (the
+            # first command may have been lost): send it (again).  The counter
+            # takes a payment id once.
             central.send_charge(row, lines, start=body.start)
         return ledger().get(row.payment_id).public()
 

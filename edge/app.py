@@ -137,12 +137,13 @@ class EdgeDaemon:
         p = self.config.printer
         if p.driver == "none":
             return None
-        from drivers.printer import Printer
+        from drivers.printer import Paper, Printer
+        paper = Paper.for_columns(p.columns)
         if p.driver == "usb":
-            return Printer.usb(p.vendor_id, p.product_id, mode=p.mode, columns=p.columns)
+            return Printer.usb(p.vendor_id, p.product_id, mode=p.mode, paper=paper)
         if p.driver == "serial":
-            return Printer.serial(p.port, baudrate=p.baudrate, mode=p.mode, columns=p.columns)
-        return Printer.network(p.host, port=p.tcp_port, mode=p.mode, columns=p.columns)
+            return Printer.serial(p.port, p.baudrate, mode=p.mode, paper=paper)
+        return Printer.network(p.host, port=p.tcp_port, mode=p.mode, paper=paper)
 
     def next_seq(self) -> int:
         """Event sequence numbers of this boot, shared by all roles."""
@@ -162,7 +163,8 @@ class EdgeDaemon:
                 parts[name] = PeripheralHealth(status=HealthState.ABSENT)
                 continue
             status, reason, message = part.health()
-            parts[name] = PeripheralHealth(status=HealthState(status), reason=reason, message=message)
+            parts[name] = PeripheralHealth(status=HealthState(status), reason=reason and reason[:40],
+                                           message=message and message[:200])
         return Health(ts=utcnow(), uptime_s=round(time.monotonic() - self._started_mono, 1), peripherals=parts)
 
     def _info(self) -> Info:
@@ -267,7 +269,10 @@ class EdgeDaemon:
                 try:
                     await asyncio.wait_for(self._stop.wait(), HEALTH_EVERY_S)
                 except TimeoutError:
-                    self._publish_health_if_changed()
+                    try:
+                        self._publish_health_if_changed()
+                    except Exception:  # a health report must never stop the counter
+                        logger.exception("%s: cannot publish health", cfg.device.id)
             return 1 if self._fatal_reason else 0
         finally:
             if self.payments is not None:

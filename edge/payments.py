@@ -141,7 +141,8 @@ class PaymentRole:
         #: The payment the terminal is working on (one at a time).
         self.busy: str | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._sent_at: dict[int, float] = {}
+        #: (payment_id, version) → when it was last handed to the broker.
+        self._sent_at: dict[tuple[str, int], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------ life
@@ -190,7 +191,7 @@ class PaymentRole:
             kind=PaymentKind(p.kind), original_id=uuid.UUID(p.original_id) if p.original_id else None,
             counter=self.counter, ticket=c.get("ticket"), state=PaymentState(p.state), method=PayMethod(p.method),
             brand=c.get("brand"), card_name=r.get("card_name"), amount=p.amount,
-            tendered=r.get("tendered"), change=r.get("change"),
+            tendered=r.get("tendered", c.get("tendered")), change=r.get("change"),
             lines=[ChargeLine.model_validate(line, strict=False) for line in c.get("lines", [])] if p.kind == "sale" else [],
             terminal=c.get("terminal", "none"), terminal_id=r.get("terminal_id"), slip_no=r.get("slip_no"),
             approval_no=r.get("approval_no"),
@@ -214,17 +215,19 @@ class PaymentRole:
             logger.info("%s: payment %s %s v%d %s%s", self.device, p.payment_id, p.kind, p.version, p.state,
                         f" ({p.reason})" if p.reason else "")
         self.flush_outbox()
+        for p, _, _ in rows:
+            crashpoint(f"payment.after_publish.{p.state}")
 
     def flush_outbox(self) -> None:
         """Send outbox events not sent in the last few seconds (QoS 1)."""
         if not self.session.connected or self._loop is None:
             return
         now = self._loop.time()
-        for row_id, _pid, _version, topic, payload in self.journal.outbox():
-            if now - self._sent_at.get(row_id, float("-inf")) < OUTBOX_RESEND_S:
+        for _row, pid, version, topic, payload in self.journal.outbox():
+            if now - self._sent_at.get((pid, version), float("-inf")) < OUTBOX_RESEND_S:
                 continue
             if self.session.publish_raw(topic, payload, qos=1):
-                self._sent_at[row_id] = now
+                self._sent_at[(pid, version)] = now
                 self.stats["published"] += 1
 
     # ------------------------------------------------------------ bus in
@@ -245,7 +248,10 @@ class PaymentRole:
         if isinstance(cmd, LedgerAck):
             dropped = self.journal.acknowledge(str(cmd.payment_id), cmd.version)
             self.stats["acked"] += dropped
-            crashpoint("payment.after_ack")
+            for key in [k for k in self._sent_at if k[0] == str(cmd.payment_id) and k[1] <= cmd.version]:
+                del self._sent_at[key]
+            acked = self.journal.get(str(cmd.payment_id))
+            crashpoint(f"payment.after_ack.{acked.state if acked else 'unknown'}")
             return True
         if cmd.expired(utcnow()) and not isinstance(cmd, PaymentCommand):
             # A charge that sat in the broker for long is stale; a payment

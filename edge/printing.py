@@ -57,9 +57,11 @@ class PrintSpool:
         self._task = loop.create_task(self._run(), name=f"print-spool-{self.device}")
 
     def close(self) -> None:
+        """Stop the spool (the daemon closes the printer after it)."""
         if self._task is not None:
             self._task.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Wait for a job in the printer's hands: its bytes are on their way.
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def health(self) -> tuple[str, str | None, str | None]:
         return self._health
@@ -116,7 +118,7 @@ class PrintSpool:
             status = await loop.run_in_executor(self._pool, self.printer.status)
             self._health = status.health()
         except PrinterError as exc:
-            self._health = ("error", "offline", str(exc)[:200])
+            self._health = ("error", "no_reply", str(exc)[:200])
 
     async def _print(self, loop, job: PrintJob) -> bool:
         p = self.journal.get(job.payment_id)
@@ -133,7 +135,7 @@ class PrintSpool:
         try:
             status = await loop.run_in_executor(self._pool, self.printer.status)
         except PrinterError as exc:
-            self._health = ("error", "offline", str(exc)[:200])
+            self._health = ("error", "no_reply", str(exc)[:200])
             return False
         self._health = status.health()
         if not status.printable:
@@ -170,12 +172,13 @@ class PrintSpool:
             office=self.header[0], counter=self.counter_name[0],
             issued_at=txn_at.replace(tzinfo=None),
             receipt_no=r.get("receipt_no") or p.payment_id[:8].upper(),
-            lines=[receipts.Line(name_ja=line["name_ja"], quantity=line["quantity"], unit_price=line["unit_price"],
-                                 amount=line["amount"]) for line in c.get("lines", [])],
-            total=p.amount, method_ja=method_ja, method_en=method_en, brand=r.get("card_name"),
+            lines=tuple(receipts.ReceiptLine(name_ja=line["name_ja"], quantity=line["quantity"],
+                                             unit_price=line["unit_price"], amount=line["amount"])
+                        for line in c.get("lines", [])),
+            total=p.amount, method_ja=method_ja, method_en=method_en, brand=r.get("card_name") or "",
             tendered=r.get("tendered"), change=r.get("change"),
-            slip_no=r.get("slip_no"), approval_no=r.get("approval_no"), terminal_id=r.get("terminal_id"),
-            transaction_type={"sale": "売上", "void": "取消", "refund": "返金"}[p.kind],
+            slip_no=r.get("slip_no") or "", approval_no=r.get("approval_no") or "", terminal_id=r.get("terminal_id") or "",
+            transaction={"sale": "売上", "void": "取消", "refund": "返品"}[p.kind],
             reprint=reprint, void=p.kind == "void",
         )
         return receipts.receipt(data)
