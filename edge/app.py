@@ -251,7 +251,8 @@ class EdgeDaemon:
                 from edge.printing import PrintSpool  # python-escpos is only needed with a printer
             self.printer_spool = PrintSpool(self.journal, self.printer, device=cfg.device.id,
                                             header=(cfg.payments.office_ja, cfg.payments.office_en),
-                                            counter_name=(cfg.device.counter_name_ja, cfg.device.counter_name_en)) if self.printer else None
+                                            counter_name=(cfg.device.counter_name_ja, cfg.device.counter_name_en),
+                                            notify=self.role.notice) if self.printer else None
             self.payments = PaymentRole(
                 device=cfg.device.id, counter=cfg.device.counter, topics=self.topics, session=self.session,
                 journal=self.journal, terminal=self.terminal, boot_id=self.boot_id, next_seq=self.next_seq,

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +44,7 @@ from bus.models import (
 )
 from bus.topics import Topics
 from drivers.terminal.base import Outcome, Terminal, TerminalError, TerminalUnavailable, TxKind, TxRecord
+from edge.crashpoints import crashpoint
 from edge.journal import Journal, JournalError, Payment
 from edge.session import Received
 
@@ -96,15 +95,6 @@ STAFF_MESSAGES: dict[tuple[str, str | None], tuple[str, str]] = {
 
 def staff_message(state: str, reason: str | None) -> tuple[str, str]:
     return STAFF_MESSAGES.get((state, reason)) or STAFF_MESSAGES.get((state, None)) or ("", "")
-
-
-def crashpoint(name: str) -> None:
-    """Test hook: ``MADOGUCHI_CRASHPOINT=name`` kills this process with SIGKILL
-    here, to prove a payment survives a crash at exactly this step.  Costs one
-    dict lookup when unset."""
-    if os.environ.get("MADOGUCHI_CRASHPOINT") == name:
-        logger.warning("crash point %s: SIGKILL", name)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class PaymentRole:
@@ -641,4 +631,4 @@ def _result_of(record: TxRecord) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-__all__ = ["JournalError", "PaymentRole", "crashpoint", "staff_message"]
+__all__ = ["JournalError", "PaymentRole", "staff_message"]

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from drivers.printer import PrinterError, PrinterNotReady, receipts
+from edge.crashpoints import crashpoint
 from edge.journal import Journal, Payment, PrintJob
 
 logger = logging.getLogger(__name__)
@@ -29,13 +30,24 @@ logger = logging.getLogger(__name__)
 #: How often a waiting job is tried again while the printer is not ready.
 RETRY_S = 3.0
 
-TITLES = {"receipt": "receipt", "slip": "slip"}
+#: What staff are told when a receipt waits, by the printer's health reason.
+NOT_READY = {
+    "paper_end": ("プリンタの用紙がありません。補充すると領収書を印刷します", "Printer out of paper: refill it and the receipt prints"),
+    "cover_open": ("プリンタのカバーが開いています。閉じると印刷します", "Printer cover open: close it to print"),
+    "cutter_error": ("プリンタのカッターエラーです。紙詰まりを確認してください", "Printer cutter error: check for a paper jam"),
+    "offline": ("プリンタがオフラインです", "Printer offline"),
+    "no_reply": ("プリンタが応答しません。電源とケーブルを確認してください", "Printer not answering: check power and cable"),
+    "": ("プリンタが使えません。復旧すると印刷します", "Printer not ready: it prints when it recovers"),
+}
 
 
 class PrintSpool:
     def __init__(self, journal: Journal, printer: Any, *, device: str, header: tuple[str, str],
-                 counter_name: tuple[str, str]) -> None:
+                 counter_name: tuple[str, str], notify=None) -> None:
         self.journal = journal
+        #: Tells staff (the counter display) why a receipt waits.
+        self.notify = notify or (lambda ja, en: None)
+        self._told: str | None = None
         self.printer = printer
         self.device = device
         self.header = header
@@ -140,9 +152,17 @@ class PrintSpool:
         self._health = status.health()
         if not status.printable:
             logger.warning("%s: printer not ready (%s): %s waits", self.device, self._health[1], job.job_key)
+            if self._told != self._health[1]:
+                self._told = self._health[1]
+                ja, en = NOT_READY.get(self._health[1] or "", NOT_READY[""])
+                self.notify(ja, en)
             return False
+        if self._told is not None:
+            self._told = None
+            self.notify("プリンタが復旧しました。印刷します", "Printer ready again: printing")
         # Marked before the bytes leave: a crash from here on must not print it twice.
         self.journal.set_print_state(job.id, "printing", attempt=True)
+        crashpoint("print.before_send")
         try:
             await loop.run_in_executor(self._pool, self.printer.print, doc)
         except PrinterNotReady as exc:
