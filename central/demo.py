@@ -32,6 +32,11 @@ from pathlib import Path
 
 REPO_SITE = Path(__file__).resolve().parents[1] / "config" / "site.toml"
 COUNTERS = (("1", "counter-1", "1番窓口", "Counter 1"), ("2", "counter-2", "2番窓口", "Counter 2"), ("3", "counter-3", "3番窓口", "Counter 3"))
+#: Each counter's payment terminal in the demo: 1 a stand-alone terminal staff
+#: operate by hand (the console records the outcome), 2 cash only, 3 the ZVT
+#: simulator on a pty.  Every counter has a simulated receipt printer.
+TERMINALS = {"1": "manual", "2": "none", "3": "sim"}
+METHODS_JA = {"cash": "現金", "credit": "クレジット", "emoney": "電子マネー", "qr": "QRコード決済"}
 GUARD_S = 0.9  # a little over the counters' double-press guard (800 ms)
 
 
@@ -101,6 +106,8 @@ class Office:
         self.broker_port = _port(0)
         self.http_port = _port(args.http_port)
         self.displays: dict[str, int] = {}
+        #: Where the simulated printers put a picture of each receipt.
+        self.receipts = workdir / "receipts"
         self.last_press: dict[tuple[str, str], float] = {}
 
     @property
@@ -131,8 +138,12 @@ class Office:
         _wait(lambda: socket.create_connection(("127.0.0.1", self.broker_port), timeout=0.2).close() or True, "mosquitto")
 
         central_toml = self.work / "central.toml"
+        catalog = ""
+        fees, brands = self.args.site.parent / "fees.toml", self.args.site.parent / "brands.toml"
+        if fees.exists() and brands.exists():
+            catalog = f'fees_file = "{fees.resolve()}"\nbrands_file = "{brands.resolve()}"\n'
         central_toml.write_text(
-            f'[central]\nsite_file = "{self.args.site.resolve()}"\ndatabase = "{self.work / "central.db"}"\n'
+            f'[central]\nsite_file = "{self.args.site.resolve()}"\ndatabase = "{self.work / "central.db"}"\n{catalog}'
             f"[mqtt]\nport = {self.broker_port}\n[http]\nport = {self.http_port}\n"
             "[queue]\nno_show_grace_s = 60\n",
             encoding="utf-8",
@@ -151,7 +162,11 @@ class Office:
                 f'counter_name_ja = "{name_ja}"\ncounter_name_en = "{name_en}"\n'
                 f"[mqtt]\nport = {self.broker_port}\n"
                 '[buttons]\ndriver = "mock"\n'
-                f'[display]\ndriver = "hdmi"\nport = {display_port}\ntitle_ja = "市民課"\ntitle_en = "Citizens Division"\n',
+                f'[display]\ndriver = "hdmi"\nport = {display_port}\ntitle_ja = "市民課"\ntitle_en = "Citizens Division"\n'
+                f'[payments]\njournal = "{self.work / (device + "-journal.db")}"\n'
+                'office_ja = "みどり市役所 市民課"\noffice_en = "Midori City Hall"\n'
+                f'[terminal]\ndriver = "{TERMINALS[counter]}"\n'
+                f'[printer]\ndriver = "fake"\nfake_dir = "{self.receipts}"\n',
                 encoding="utf-8",
             )
             self._spawn(device, [sys.executable, "-m", "bus.cli", "edge", "--config", str(config)])
@@ -214,6 +229,32 @@ class Office:
             raise DemoError(f"counter {counter} shows {screen['number']}, expected {expect}")
         return screen
 
+    def payment(self, pid: str) -> dict:
+        return _http("GET", f"{self.central}/api/v1/payments/{pid}")
+
+    def wait_payment(self, pid: str, *states: str, timeout: float = 15.0) -> dict:
+        return _wait(lambda: (p := self.payment(pid))["state"] in states and p, f"payment {pid[:8]} {'/'.join(states)}", timeout)
+
+    def charge(self, counter: str, lines: list[tuple[str, int]], method: str, *, ticket: int | None = None,
+               brand: str | None = None, tendered: int | None = None, start: bool = True) -> dict:
+        """What staff do on the counter console: charge the fee lines."""
+        body = {"lines": [{"code": c, "quantity": q} for c, q in lines], "method": method, "start": start,
+                "staff_id": f"demo{counter}"}
+        if ticket is not None:
+            body["ticket"] = ticket
+        if brand:
+            body["brand"] = brand
+        if tendered is not None:
+            body["tendered"] = tendered
+        p = _http("POST", f"{self.central}/api/v1/counters/{counter}/charges", body)
+        items = "、".join(f"{line['name_ja']}×{line['quantity']}" for line in p["lines"])
+        say(f"💴 {counter}番窓口 請求: {items} 計 {p['amount']:,}円（{METHODS_JA[method]}）",
+            f"counter {counter} charges {p['amount']:,} yen by {method}")
+        return p
+
+    def receipts_printed(self) -> int:
+        return len(list(self.receipts.glob("*.png"))) if self.receipts.exists() else 0
+
     def pause(self, seconds: float) -> None:
         time.sleep(seconds * self.args.speed)
         self.check_alive()
@@ -275,6 +316,70 @@ def morning(office: Office) -> None:
         f"number {family} finished all {len(ticket['stops'])} counters on one ticket")
     if ticket["state"] != "done":
         raise DemoError(f"ticket {family} should be done, is {ticket['state']}")
+    payments(office, cert=cert, mover=mover)
+
+
+def payments(office: Office, *, cert: int, mover: int) -> None:
+    """Fees at the counter: a card at 3 (the ZVT simulator), a stand-alone
+    terminal at 1 (staff confirm on the console), cash with the PAY button, a
+    same-day void.  Every receipt is printed by a simulated ESC/POS printer."""
+    say("── 窓口での支払い: 3番窓口はクレジット（端末連動）──", "-- Paying at the counter: credit at counter 3 (connected terminal) --")
+    printed = office.receipts_printed()
+    p = office.charge("3", [("juminhyo", 2)], "credit", brand="visa")
+    p = office.wait_payment(p["payment_id"], "approved", "declined", "unknown")
+    say(f"💳 3番窓口: {p['message_ja']}（伝票番号 {p['slip_no']}、承認番号 {p['approval_no']}）",
+        f"counter 3: {p['message_en']} (slip {p['slip_no']}, approval {p['approval_no']})")
+    if p["state"] != "approved":
+        raise DemoError(f"the card payment should be approved, is {p['state']}")
+    _wait(lambda: office.receipts_printed() > printed, "the slip printed", timeout=10)
+    say(f"🧾 利用控えを印刷しました: {sorted(office.receipts.glob('counter-3-*.png'))[-1]}",
+        "the slip was printed (a picture of it is in the receipts folder)")
+    office.pause(1.5)
+
+    say("── 1番窓口: 据え置き端末（手動）。職員が端末で操作し、結果をコンソールで確定 ──",
+        "-- Counter 1: stand-alone terminal; staff key it in and confirm the result on the console --")
+    p = office.charge("1", [("inkan-shomei", 1)], "credit", brand="jcb")
+    office.wait_payment(p["payment_id"], "pending")
+    _http("POST", f"{office.central}/api/v1/payments/{p['payment_id']}/confirm",
+          {"counter": "1", "approved": True, "slip_no": "0042", "approval_no": "A12345", "staff_id": "demo1"})
+    p = office.wait_payment(p["payment_id"], "approved", "declined", "unknown")
+    say(f"🖐 1番窓口: {p['message_ja']}（伝票番号 {p['slip_no']} を職員が入力）",
+        f"counter 1: {p['message_en']} (slip {p['slip_no']} keyed in by staff)")
+    if p["state"] != "approved":
+        raise DemoError(f"the manual card payment should be approved, is {p['state']}")
+    office.pause(1.5)
+
+    say("── 2番窓口: 現金。お預かり 1,000円、PAY ボタンで確定 ──", "-- Counter 2: cash; 1,000 yen handed over, PAY pressed --")
+    p = office.charge("2", [("inkan-toroku", 1)], "cash", tendered=1000, start=False)
+    office.wait_payment(p["payment_id"], "ready")
+    _http("POST", f"http://127.0.0.1:{office.displays['2']}/press/pay")
+    p = office.wait_payment(p["payment_id"], "approved")
+    say(f"💴 2番窓口 [PAY]: {p['message_ja']}（領収書番号 {p['receipt_no']}）", f"counter 2 [PAY]: {p['message_en']}")
+    office.pause(1.5)
+
+    say("── 3番窓口: 同じ日の取消（職員番号と理由が必要）──", "-- Counter 3: same-day void (needs a staff id and a reason) --")
+    card = [q for q in _http("GET", f"{office.central}/api/v1/payments?counter=3") if q["state"] == "approved"][0]
+    void = _http("POST", f"{office.central}/api/v1/payments/{card['payment_id']}/void",
+                 {"counter": "3", "staff_id": "demo3", "reason": "請求誤り"})
+    office.wait_payment(void["payment_id"], "approved")
+    office.wait_payment(card["payment_id"], "voided")
+    say(f"↩️ 3番窓口: {card['amount']:,}円を取り消しました（端末で取消、取消票を印刷）",
+        f"counter 3 voided {card['amount']:,} yen at the terminal")
+    summary(office)
+
+
+def summary(office: Office) -> None:
+    # The printers work in the background: let the last receipts come out.
+    _wait(lambda: office.receipts_printed() >= 4 or None, "receipts printed", timeout=10)
+    rows = _http("GET", f"{office.central}/api/v1/payments")
+    taken = [r for r in rows if r["kind"] == "sale" and r["state"] == "approved"]
+    by_method: dict[str, int] = {}
+    for r in taken:
+        by_method[r["method"]] = by_method.get(r["method"], 0) + r["amount"]
+    detail = "、".join(f"{METHODS_JA[m]} {v:,}円" for m, v in sorted(by_method.items())) or "なし"
+    say(f"📒 本日の収納: {len(taken)}件 {sum(by_method.values()):,}円（{detail}）、取消 "
+        f"{sum(1 for r in rows if r['state'] == 'voided')}件、印刷 {office.receipts_printed()}枚",
+        f"today: {len(taken)} payments, {sum(by_method.values()):,} yen; receipts printed: {office.receipts_printed()}")
 
 
 #: The mix of visitors after the script: (weight, procedures).  Synthetic.
@@ -313,10 +418,25 @@ def office_day(office: Office, seed: int = 17) -> None:
                 started = busy_since.setdefault(cid, now)
                 if now - started > rng.uniform(6, 20) * office.args.speed:
                     roll = rng.random()
+                    if roll >= 0.12 and cid in ("2", "3") and rng.random() < 0.6:
+                        _auto_payment(office, cid, rng)
                     office.press(cid, "no_show" if roll < 0.05 else "recall" if roll < 0.12 else "finish")
                     if roll >= 0.05:
                         busy_since.pop(cid, None)
         office.pause(2)
+
+
+def _auto_payment(office: Office, counter: str, rng: random.Random) -> None:
+    """Simulated staff take a fee before finishing (synthetic mix)."""
+    code, quantity = rng.choice((("juminhyo", 1), ("juminhyo", 2), ("inkan-shomei", 1), ("koseki-zenbu", 1), ("inu-toroku", 1)))
+    method = "cash" if counter == "2" or rng.random() < 0.6 else "credit"
+    try:
+        p = office.charge(counter, [(code, quantity)], method, tendered=5000 if method == "cash" else None,
+                          brand="visa" if method == "credit" else None)
+        p = office.wait_payment(p["payment_id"], "approved", "declined", "unknown", timeout=10)
+        say(f"   → {p['message_ja']}", f"   → {p['message_en']}")
+    except (DemoError, urllib.error.URLError) as exc:
+        say(f"   → 支払いを確認できませんでした: {exc}", f"   → payment not confirmed: {exc}")
 
 
 def _run(args) -> int:
@@ -336,6 +456,8 @@ def _run(args) -> int:
         print(
             "\n  窓口の状況 overview   " + office.central + "/\n"
             + "".join(f"  {n}番窓口の表示 display  http://127.0.0.1:{office.displays[n]}/\n" for n, *_ in COUNTERS)
+            + "".join(f"  {n}番窓口コンソール console  {office.central}/console/{n}\n" for n, *_ in COUNTERS)
+            + f"  領収書の画像 receipts  {office.receipts}/\n"
             + "  API (OpenAPI)        " + office.central + "/openapi.json\n"
             + f"  作業フォルダ logs      {workdir}\n",
             flush=True,

@@ -79,6 +79,8 @@ class EdgeDaemon:
         self.journal: Journal | None = None
         self.payments: PaymentRole | None = None
         self._sim: Any = None
+        self._fake_printer: Any = None
+        self._jobs_saved = 0
         self.printer_spool: Any = None
         self._seq = 0
         self.buttons: ButtonPanel | None = None
@@ -139,11 +141,29 @@ class EdgeDaemon:
             return None
         from drivers.printer import Paper, Printer
         paper = Paper.for_columns(p.columns)
+        if p.driver == "fake":
+            # The simulated printer speaks ESC/POS on loopback; the real driver talks to it.
+            from drivers.printer import FakeEscposPrinter
+            self._fake_printer = FakeEscposPrinter(name=f"printer-{self.config.device.id}", on_job=self._save_job)
+            return Printer.network("127.0.0.1", port=self._fake_printer.port, mode=p.mode, paper=paper)
         if p.driver == "usb":
             return Printer.usb(p.vendor_id, p.product_id, mode=p.mode, paper=paper)
         if p.driver == "serial":
             return Printer.serial(p.port, p.baudrate, mode=p.mode, paper=paper)
         return Printer.network(p.host, port=p.tcp_port, mode=p.mode, paper=paper)
+
+    def _save_job(self, job: bytes) -> None:
+        """The fake printer's job, drawn as the paper would look (demo)."""
+        folder = self.config.printer.fake_dir
+        if folder is None:
+            return
+        from drivers.printer import Paper
+        from drivers.printer.render import render_png
+        folder.mkdir(parents=True, exist_ok=True)
+        self._jobs_saved += 1
+        path = folder / f"{self.config.device.id}-{self._jobs_saved:04d}.png"
+        path.write_bytes(render_png(job, paper=Paper.for_columns(self.config.printer.columns)))
+        logger.info("%s: printed %s", self.config.device.id, path)
 
     def next_seq(self) -> int:
         """Event sequence numbers of this boot, shared by all roles."""
@@ -284,7 +304,8 @@ class EdgeDaemon:
                 self.session.stop()
             if self.buttons is not None:
                 self.buttons.close()
-            for part, given in ((self.terminal, self._terminal), (self.printer, self._printer), (self._sim, None)):
+            for part, given in ((self.terminal, self._terminal), (self.printer, self._printer), (self._sim, None),
+                                (self._fake_printer, None)):
                 if part is not None and given is None:
                     part.close()
             if self.journal is not None:

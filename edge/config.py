@@ -133,8 +133,10 @@ class TerminalSettings(Strict):
 
 
 class PrinterSettings(Strict):
-    #: "none", "usb" (vendor_id/product_id), "serial" (port), "network" (host:port 9100).
-    driver: Literal["none", "usb", "serial", "network"] = "none"
+    #: "none", "usb" (vendor_id/product_id), "serial" (port), "network" (host:port 9100),
+    #: "fake": a simulated printer on loopback (demo, laptop) that saves each job
+    #: as a PNG in ``fake_dir``.
+    driver: Literal["none", "usb", "serial", "network", "fake"] = "none"
     #: "kanji": a Japanese-model printer (Shift_JIS kanji mode); "image": any
     #: ESC/POS printer, the text is rendered with a CJK font and sent as an image.
     mode: Literal["kanji", "image"] = "kanji"
@@ -144,6 +146,7 @@ class PrinterSettings(Strict):
     baudrate: int = Field(default=38400, ge=1200, le=115200)
     host: str | None = Field(default=None, max_length=253)
     tcp_port: int = Field(default=9100, ge=1, le=65535)
+    fake_dir: Path | None = None
     #: Paper width in half-width columns: 42 for 80 mm, 32 for 58 mm.
     columns: int = Field(default=42, ge=24, le=64)
 

@@ -539,8 +539,10 @@ class PaymentRole:
         void = Payment(
             payment_id=str(cmd.new_id), charge_id=original.charge_id, kind="void", original_id=original.payment_id,
             state=S.PENDING.value, version=1, method=original.method, amount=original.amount,
+            # The original's lines, for the 取消 slip (the ledger gets none: they are the original's).
             charge={"ticket": original.charge.get("ticket"), "brand": original.charge.get("brand"),
-                    "terminal": original.charge.get("terminal", "none"), "lines": [], "receipt": "slip"},
+                    "terminal": original.charge.get("terminal", "none"), "lines": original.charge.get("lines", []),
+                    "receipt": "slip", "method_ja": original.charge.get("method_ja"), "method_en": original.charge.get("method_en")},
             created_at=now, updated_at=now, staff_id=cmd.staff_id, note=cmd.reason,
         )
         if original.method == "cash":
@@ -572,6 +574,7 @@ class PaymentRole:
 
     def _void_done(self, void: Payment, result: dict[str, Any]) -> None:
         original = self.journal.get(void.original_id)
+        result = {**result, "receipt_no": self._receipt_no()}
         result.setdefault("txn_at", utcnow().isoformat())
         done = (void.evolve(state=S.APPROVED.value, result={**void.result, **result}) if self.journal.get(void.payment_id)
                 else _with(void, state=S.APPROVED.value, result=result))
@@ -593,8 +596,10 @@ class PaymentRole:
             payment_id=str(cmd.new_id), charge_id=original.charge_id, kind="refund", original_id=original.payment_id,
             state=S.APPROVED.value, version=1, method="cash", amount=original.amount,
             charge={"ticket": original.charge.get("ticket"), "brand": original.charge.get("brand"), "terminal": "none",
-                    "lines": [], "receipt": "receipt"},
-            result={"txn_at": now}, created_at=now, updated_at=now, staff_id=cmd.staff_id, note=cmd.reason,
+                    "lines": original.charge.get("lines", []), "receipt": "receipt", "method_ja": "現金（返金）",
+                    "method_en": "Cash refund"},
+            result={"txn_at": now, "receipt_no": self._receipt_no()}, created_at=now, updated_at=now,
+            staff_id=cmd.staff_id, note=cmd.reason,
         )
         self._save(refund, original.evolve(state=S.REFUNDED.value))
         self.notify(f"現金で {original.amount:,} 円を返金してください", f"Refund {original.amount:,} yen in cash")

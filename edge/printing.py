@@ -188,7 +188,7 @@ class PrintSpool:
         method_ja = c.get("method_ja") or {"cash": "現金", "credit": "クレジット", "emoney": "電子マネー", "qr": "QRコード決済"}[p.method]
         method_en = c.get("method_en") or p.method
         data = receipts.ReceiptData(
-            kind="slip" if kind in ("slip",) else "receipt",
+            kind="slip" if kind in ("slip", "void") else "refund" if kind == "refund" else "receipt",
             office=self.header[0], counter=self.counter_name[0],
             issued_at=txn_at.replace(tzinfo=None),
             receipt_no=r.get("receipt_no") or p.payment_id[:8].upper(),

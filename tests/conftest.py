@@ -34,13 +34,16 @@ def central_factory(tmp_path, broker):
 
 
 @pytest.fixture
-def edges(broker):
-    """Start in-process edge daemons (MockFactory buttons, FakeDisplay)."""
+def edges(broker, tmp_path):
+    """Start in-process edge daemons (MockFactory buttons, FakeDisplay), each
+    with its payment journal in the test's folder."""
     from tests.support.edges import RunningEdge, edge_config
 
     running = []
 
     def start(device: str, counter: str, *, broker_port: int | None = None, extra: str = "", wait: bool = True):
+        if "[payments]" not in extra:
+            extra += f'\n[payments]\njournal = "{tmp_path / (device + "-journal.db")}"\n'
         edge = RunningEdge(edge_config(device, counter, broker_port or broker.port, extra=extra)).start()
         running.append(edge)
         if wait:

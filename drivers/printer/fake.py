@@ -50,7 +50,10 @@ class FakeEscposPrinter(Closeable):
     * :meth:`wait_for_jobs`.
     """
 
-    def __init__(self, *, port: int = 0, name: str = "fake-escpos") -> None:
+    def __init__(self, *, port: int = 0, name: str = "fake-escpos", on_job=None) -> None:
+        """``on_job(job_bytes)`` is called in the server thread after each finished job
+        (the demo saves a rendered PNG of each receipt); exceptions are logged."""
+        self._on_job = on_job
         self._lock = threading.RLock()
         self._closed = False
         self._changed = threading.Condition(self._lock)
@@ -191,6 +194,7 @@ class FakeEscposPrinter(Closeable):
         tokens, used = tokenize(bytes(buf), final=False)
         del buf[:used]
         replies = bytearray()
+        finished: list[bytes] = []
         with self._lock:
             self._received += data
             for tok in tokens:
@@ -201,11 +205,18 @@ class FakeEscposPrinter(Closeable):
                     continue
                 self._pending += tok.raw
                 if tok.name == "GS V":
+                    finished.append(bytes(self._pending))
                     self._jobs.append(bytes(self._pending))
                     self._pending.clear()
                     self._changed.notify_all()
         if replies:
             conn.sendall(bytes(replies))
+        if finished and self._on_job is not None:
+            for job in finished:
+                try:
+                    self._on_job(job)
+                except Exception:
+                    logger.exception("%s: on_job failed", self.name)
 
     def _serve(self) -> None:
         conns: dict[socket.socket, bytearray] = {}

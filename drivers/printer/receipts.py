@@ -93,7 +93,8 @@ class ReceiptData:
     """What a receipt or slip says.
 
     Attributes:
-        kind: ``"receipt"`` (領収書) or ``"slip"`` (利用控え, card/e-money/QR).
+        kind: ``"receipt"`` (領収書), ``"slip"`` (利用控え, card/e-money/QR) or
+            ``"refund"`` (返金伝票: money paid back in cash, out of band).
         office: e.g. ``"みどり市役所 市民課"``.
         counter: e.g. ``"1番窓口"``.
         issued_at: when the payment was made (printed as given).
@@ -119,7 +120,7 @@ class ReceiptData:
             transaction type.
     """
 
-    kind: Literal["receipt", "slip"]
+    kind: Literal["receipt", "slip", "refund"]
     office: str
     counter: str
     issued_at: datetime
@@ -143,9 +144,9 @@ class ReceiptData:
     def __post_init__(self) -> None:
         object.__setattr__(self, "lines", tuple(self.lines))
         object.__setattr__(self, "notes", tuple(self.notes))
-        if self.kind not in ("receipt", "slip"):
+        if self.kind not in ("receipt", "slip", "refund"):
             raise ValueError(
-                f"ReceiptData.kind must be 'receipt' or 'slip', got {self.kind!r}"
+                f"ReceiptData.kind must be 'receipt', 'slip' or 'refund', got {self.kind!r}"
             )
         if not isinstance(self.issued_at, datetime):
             raise TypeError("ReceiptData.issued_at must be a datetime")
@@ -205,7 +206,13 @@ def receipt(data: ReceiptData) -> Document:
         blocks += _banner("再発行", "REPRINT")
     if data.void or data.transaction == "取消":
         blocks += _banner("取消", "VOID")
-    if slip:
+    if data.kind == "refund":
+        # Money paid back out of band (an e-money sale that cannot be voided).
+        blocks += [
+            Text("返金伝票", size=2, align="center", bold=True),
+            Text("Refund slip", align="center"),
+        ]
+    elif slip:
         blocks += [
             Text("利用控え", size=2, align="center", bold=True),
             Text("Payment slip", align="center"),
@@ -262,7 +269,11 @@ def receipt(data: ReceiptData) -> Document:
         blocks.append(Rule())
         blocks += [Columns(label, value) for label, value in details]
     blocks.append(Rule())
-    notes = data.notes or (("お客様控え",) if slip else ("上記の金額を領収しました。",))
+    notes = data.notes or (
+        ("お客様控え",) if slip
+        else ("上記の金額を返金しました。", "返金を受けた方の署名：") if data.kind == "refund"
+        else ("上記の金額を領収しました。",)
+    )
     blocks += [Text(note) for note in notes]
     if data.reprint:
         blocks.append(Text("この用紙は再発行したものです。"))

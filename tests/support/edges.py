@@ -5,6 +5,8 @@ its own Pi), with a :class:`FakeDisplay` to read what the counter shows."""
 from __future__ import annotations
 
 import asyncio
+import atexit
+import shutil
 import tempfile
 import threading
 import time
@@ -20,8 +22,11 @@ from edge.config import EdgeConfig
 
 def edge_config(device: str, counter: str, broker_port: int, *, site: str = "midori", extra: str = "") -> EdgeConfig:
     if "[payments]" not in extra:
-        # Each edge its own journal (the default lives in /var/lib/madoguchi).
-        extra += f'\n[payments]\njournal = "{tempfile.mkdtemp(prefix="journal-")}/journal.db"\n'
+        # Each edge its own journal (the default lives in /var/lib/madoguchi),
+        # removed when the test process ends.
+        folder = tempfile.mkdtemp(prefix="madoguchi-journal-")
+        atexit.register(shutil.rmtree, folder, True)
+        extra += f'\n[payments]\njournal = "{folder}/journal.db"\n'
     text = f"""
 [device]
 id = "{device}"
