@@ -58,7 +58,7 @@ async def serve(loaded: central_config.Loaded, *, database: Path | None = None, 
             on_connected=on_connected,
         )
         ledger = Ledger(store, site, loaded.catalog) if loaded.catalog is not None else None
-        central = Central(engine, site, cfg.queue, link, ledger=ledger)
+        central = Central(engine, site, cfg.queue, link, ledger=ledger, command_ttl_s=cfg.payments.command_ttl_s)
         app = create_app(central, mqtt_connected=lambda: link.connected, config_hash=loaded.config_hash)
         port = cfg.http.port if http_port is None else http_port
         server = uvicorn.Server(

@@ -216,6 +216,13 @@ class QueueSettings(Strict):
     starve_min: float = Field(default=240.0, gt=0, le=600)
 
 
+class PaymentSettings(Strict):
+    #: A charge or payment command the counter's Pi has not taken within this
+    #: time is void: the Pi refuses it later, and the ledger marks a charge
+    #: still "sent" as not delivered (staff charge again).
+    command_ttl_s: float = Field(default=120.0, ge=5, le=3600)
+
+
 class CentralSettings(Strict):
     site_file: Path
     database: Path
@@ -236,6 +243,7 @@ class CentralConfig(Strict):
     mqtt: MqttSettings = MqttSettings()
     http: HttpSettings = HttpSettings()
     queue: QueueSettings = QueueSettings()
+    payments: PaymentSettings = PaymentSettings()
 
 
 class Loaded(BaseModel):

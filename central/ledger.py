@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -305,15 +305,26 @@ class Ledger:
         if original.method != "cash":
             brand = self.catalog.brands.get(original.brand) if original.brand else None
             rule = getattr(brand, "void", "same_day") if brand else "same_day"
-            if rule == "never":
+            refused = self.store.conn.execute(
+                "SELECT 1 FROM payments WHERE original_id = ? AND kind = 'void' AND state = 'declined' AND reason = 'declined'",
+                (payment_id,),
+            ).fetchone()
+            if rule == "never" or refused is not None:
+                # Cannot be voided at the terminal (by rule, or the terminal
+                # refused it already): paid back out of band.
                 action = "refund"
             elif rule == "last_only":
+                # Transit IC: only the terminal's last transaction can be
+                # voided.  Anything that reached the terminal after it (any
+                # outcome) makes it not the last one.
                 later = self.store.conn.execute(
-                    "SELECT 1 FROM payments WHERE counter = ? AND kind = 'sale' AND method != 'cash' AND state = 'approved' "
-                    "AND created_at > ? LIMIT 1", (counter, original.created_at)
+                    "SELECT 1 FROM payments WHERE counter = ? AND payment_id != ? AND method != 'cash' "
+                    "AND state NOT IN ('sent', 'ready', 'cancelled') AND reason IS NOT 'terminal_unavailable' "
+                    "AND COALESCE(txn_at, updated_at) > ? LIMIT 1",
+                    (counter, payment_id, original.txn_at or original.updated_at),
                 ).fetchone()
                 if later is not None:
-                    action = "refund"  # not the terminal's last transaction any more
+                    action = "refund"
         now = utcnow().isoformat()
         new = PaymentRow(
             payment_id=str(uuid.uuid4()), charge_id=original.charge_id, counter=counter, device=original.device,
@@ -327,6 +338,31 @@ class Ledger:
             self._insert(conn, new)
             self._log(conn, new.payment_id, 0, "sent", f"staff:{staff_id}", f"{action} of {payment_id}: {reason}")
         return new, action
+
+    def expire_unsent(self, ttl_s: float) -> int:
+        """Charges, voids and refunds still ``sent`` after their command
+        expired never reached the counter (it was offline, the broker lost
+        it): the counter will refuse them now, so the ledger says so and
+        staff may act again.  Should the counter's record arrive after all,
+        its higher version wins."""
+        cutoff = (utcnow() - timedelta(seconds=ttl_s + 5)).isoformat()
+        rows = self.store.conn.execute(
+            "SELECT payment_id FROM payments WHERE state = 'sent' AND created_at < ?", (cutoff,)
+        ).fetchall()
+        if not rows:
+            return 0
+        with self.store.transaction() as conn:
+            for (pid,) in rows:
+                conn.execute(
+                    "UPDATE payments SET state = 'cancelled', reason = 'not_delivered', message_ja = ?, message_en = ?, "
+                    "updated_at = ? WHERE payment_id = ? AND state = 'sent'",
+                    ("窓口の端末に届きませんでした（課金なし）。端末の接続を確かめ、もう一度操作してください",
+                     "Never reached the counter (nothing charged): check its connection and try again",
+                     utcnow().isoformat(), pid),
+                )
+                self._log(conn, pid, 0, "cancelled", "central", "not delivered before the command expired")
+        logger.warning("%d payment command(s) never reached their counter: marked not delivered", len(rows))
+        return len(rows)
 
     def receipt_kind(self, codes: list[str], method: str) -> str:
         """What the counter prints for a charge: the items' flows say, per

@@ -55,10 +55,6 @@ MAX_INTENT_LIFE = timedelta(seconds=30)
 #: within a second of a call: issue #6).
 BOARD_COALESCE_S = 0.2
 
-#: Charges and payment commands expire after this if the counter's Pi does not
-#: take them (it is offline): staff see the charge stay "sent" and can send it
-#: again; a stale charge never starts on its own later.
-PAYMENT_COMMAND_TTL_S = 120.0
 
 METHOD_NAMES = {
     "cash": ("現金", "Cash"),
@@ -89,9 +85,14 @@ class Stats:
 
 
 class Central:
-    def __init__(self, engine: QueueEngine, site: Site, settings: QueueSettings, publisher: Publisher, *, ledger: Ledger | None = None) -> None:
+    def __init__(self, engine: QueueEngine, site: Site, settings: QueueSettings, publisher: Publisher, *,
+                 ledger: Ledger | None = None, command_ttl_s: float = 120.0) -> None:
         self.engine = engine
         self.ledger = ledger
+        #: Charges and payment commands expire after this if the counter's Pi
+        #: does not take them (it is offline): a stale charge never starts on
+        #: its own later; the ledger marks it not delivered.
+        self.command_ttl_s = command_ttl_s
         self.site = site
         self.settings = settings
         self.publisher = publisher
@@ -224,14 +225,14 @@ class Central:
             return
         self.stats.handled["payment" if changed else "payment_repeat"] += 1
         # Acknowledge even a repeat: the counter re-sends until it hears this.
-        issued, expires = command_expiry(PAYMENT_COMMAND_TTL_S)
+        issued, expires = command_expiry(self.command_ttl_s)
         ack = LedgerAck(command_id=uuid.uuid4(), issued_at=issued, expires_at=expires,
                         payment_id=event.payment_id, version=event.version)
-        self.publisher.publish(self.topics.cmd(device.id, "ledger-ack"), ack, qos=1, expiry_s=PAYMENT_COMMAND_TTL_S)
+        self.publisher.publish(self.topics.cmd(device.id, "ledger-ack"), ack, qos=1, expiry_s=self.command_ttl_s)
 
     def send_charge(self, row, lines, *, start: bool) -> None:
         """Send a priced charge (a ``sent`` ledger row) to its counter's Pi."""
-        issued, expires = command_expiry(PAYMENT_COMMAND_TTL_S)
+        issued, expires = command_expiry(self.command_ttl_s)
         method_ja, method_en = METHOD_NAMES[row.method]
         if row.brand and self.ledger is not None and row.brand in self.ledger.catalog.brands:
             brand = self.ledger.catalog.brands[row.brand]
@@ -243,13 +244,13 @@ class Central:
             method=PayMethod(row.method), brand=row.brand, tendered=row.tendered, receipt=receipt,
             method_ja=method_ja[:80], method_en=method_en[:80], staff_id=row.staff_id, start=start,
         )
-        self.publisher.publish(self.topics.cmd(row.device, "charge"), cmd, qos=1, expiry_s=PAYMENT_COMMAND_TTL_S)
+        self.publisher.publish(self.topics.cmd(row.device, "charge"), cmd, qos=1, expiry_s=self.command_ttl_s)
 
     def send_payment_command(self, row, action: PaymentAction, **fields) -> None:
-        issued, expires = command_expiry(PAYMENT_COMMAND_TTL_S)
+        issued, expires = command_expiry(self.command_ttl_s)
         cmd = PaymentCommand(command_id=uuid.uuid4(), issued_at=issued, expires_at=expires,
                              payment_id=uuid.UUID(row.payment_id), action=action, **fields)
-        self.publisher.publish(self.topics.cmd(row.device, "payment"), cmd, qos=1, expiry_s=PAYMENT_COMMAND_TTL_S)
+        self.publisher.publish(self.topics.cmd(row.device, "payment"), cmd, qos=1, expiry_s=self.command_ttl_s)
 
     # ---------------------------------------------------------------- bus out
     def apply(self, outcome: Outcome, *, origin: str | None = None, in_reply_to: uuid.UUID | None = None) -> None:
@@ -366,6 +367,8 @@ class Central:
             pruned = self.engine.prune_seen()
             if pruned:
                 logger.info("forgot %d event ids older than two days", pruned)
+        if self.ledger is not None:
+            self.ledger.expire_unsent(self.command_ttl_s)
         if self.engine.release_due():
             for counter in self.site.counters:
                 self.push_display(counter.id)

@@ -11,6 +11,7 @@ import logging
 import signal
 import time
 import uuid
+from zoneinfo import ZoneInfo
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -225,7 +226,7 @@ class EdgeDaemon:
         try:
             if name == "pay":
                 if self.payments is not None:
-                    self.payments.on_pay_button()
+                    self.payments.on_pay_button(monotonic)
             elif self.role is not None:
                 self.role.on_press(name, monotonic)
         except Exception:
@@ -272,11 +273,12 @@ class EdgeDaemon:
             self.printer_spool = PrintSpool(self.journal, self.printer, device=cfg.device.id,
                                             header=(cfg.payments.office_ja, cfg.payments.office_en),
                                             counter_name=(cfg.device.counter_name_ja, cfg.device.counter_name_en),
-                                            notify=self.role.notice) if self.printer else None
+                                            notify=self.role.notice, zone=ZoneInfo(cfg.device.timezone)) if self.printer else None
             self.payments = PaymentRole(
                 device=cfg.device.id, counter=cfg.device.counter, topics=self.topics, session=self.session,
                 journal=self.journal, terminal=self.terminal, boot_id=self.boot_id, next_seq=self.next_seq,
-                notify=self.role.notice, printer=self.printer_spool,
+                notify=self.role.notice, printer=self.printer_spool, clock=self.role.clock,
+                zone=ZoneInfo(cfg.device.timezone), repeat_guard_s=cfg.buttons.repeat_guard_ms / 1000,
             )
             if self.printer_spool is not None:
                 self.printer_spool.start(self.loop)

@@ -193,12 +193,6 @@ class Journal:
         rows = self.conn.execute("SELECT * FROM payments ORDER BY created_at DESC LIMIT ?", (limit,))
         return [self._row(r) for r in rows]
 
-    def known_slips(self) -> set[str]:
-        """Slip numbers already booked to some payment (to tell the terminal's
-        last transaction from one we already know)."""
-        rows = self.conn.execute("SELECT result FROM payments WHERE result != '{}'")
-        return {s for (r,) in rows if (s := json.loads(r).get("slip_no"))}
-
     def save(self, *payments: tuple[Payment, str, bytes]) -> None:
         """Write payments with their outbox events, all in one transaction.
 
@@ -224,6 +218,22 @@ class Journal:
                     "INSERT INTO outbox (payment_id, version, topic, payload, created_at) VALUES (?, ?, ?, ?, ?)",
                     (p.payment_id, p.version, topic, payload, now),
                 )
+
+    def count_receipts(self, prefix: str) -> int:
+        """How many payments carry a receipt number starting with ``prefix``."""
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM payments WHERE json_extract(result, '$.receipt_no') LIKE ? || '%'", (prefix,)
+        ).fetchone()
+        return row[0]
+
+    def resend(self, payment_id: str, version: int, topic: str, payload: bytes) -> None:
+        """Queue the event of the current version again (no new version)."""
+        now = datetime.now().astimezone().isoformat()
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO outbox (payment_id, version, topic, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                (payment_id, version, topic, payload, now),
+            )
 
     # ------------------------------------------------------------ outbox
     def outbox(self, limit: int = 100) -> list[tuple[int, str, int, str, bytes]]:

@@ -20,6 +20,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from drivers.printer import PrinterError, PrinterNotReady, receipts
 from edge.crashpoints import crashpoint
@@ -43,8 +44,9 @@ NOT_READY = {
 
 class PrintSpool:
     def __init__(self, journal: Journal, printer: Any, *, device: str, header: tuple[str, str],
-                 counter_name: tuple[str, str], notify=None) -> None:
+                 counter_name: tuple[str, str], notify=None, zone=None) -> None:
         self.journal = journal
+        self.zone = zone or ZoneInfo("Asia/Tokyo")
         #: Tells staff (the counter display) why a receipt waits.
         self.notify = notify or (lambda ja, en: None)
         self._told: str | None = None
@@ -184,7 +186,8 @@ class PrintSpool:
     def document(self, p: Payment, kind: str, *, reprint: bool):
         """The receipt/slip of ``p`` as a printer document."""
         c, r = p.charge, p.result
-        txn_at = datetime.fromisoformat(r["txn_at"]).astimezone() if r.get("txn_at") else datetime.now().astimezone()
+        zone = self.zone
+        txn_at = datetime.fromisoformat(r["txn_at"]).astimezone(zone) if r.get("txn_at") else datetime.now(zone)
         method_ja = c.get("method_ja") or {"cash": "現金", "credit": "クレジット", "emoney": "電子マネー", "qr": "QRコード決済"}[p.method]
         method_en = c.get("method_en") or p.method
         data = receipts.ReceiptData(
@@ -199,6 +202,7 @@ class PrintSpool:
             tendered=r.get("tendered"), change=r.get("change"),
             slip_no=r.get("slip_no") or "", approval_no=r.get("approval_no") or "", terminal_id=r.get("terminal_id") or "",
             transaction={"sale": "売上", "void": "取消", "refund": "返品"}[p.kind],
-            reprint=reprint, void=p.kind == "void",
+            # A re-print of a voided sale says so too.
+            reprint=reprint, void=p.kind == "void" or p.state == "voided",
         )
         return receipts.receipt(data)

@@ -705,10 +705,21 @@ class SimTerminal(Closeable):
     def _end_of_day(self, apdu: p.Apdu) -> None:
         self._send_ack()
         self._send_and_wait(self._totals_apdu())
+        self._close_day()
+        self._complete()
+
+    def _close_day(self) -> None:
+        # Like many terminals, slip numbers start again at 0001 after the day
+        # close; trace numbers go on.
         with self._lock:
             for t in self._journal:
                 t.day_closed = True
-        self._complete()
+            self._receipt = 0
+
+    def end_of_day(self) -> None:
+        """Close the day at the terminal itself (staff press its day-close key):
+        the journal is closed and slip numbers restart at 0001."""
+        self._close_day()
 
     # -- closing -----------------------------------------------------------------------
 

@@ -55,6 +55,9 @@ __all__ = ["DEFAULT_T1_S", "DEFAULT_T3_S", "DEFAULT_T4_S", "ZvtTerminal", "recor
 logger = logging.getLogger(__name__)
 
 #: Default wait for ACK/NAK after a frame, seconds.
+#: Result code of a repeat receipt with nothing to repeat ("function not possible").
+RESULT_NOTHING_TO_REPEAT = 0x83
+
 DEFAULT_T1_S = 2.0
 #: Default wait for the PT's ``80 00 00`` after a command, seconds.
 DEFAULT_T3_S = 5.0
@@ -326,11 +329,16 @@ class ZvtTerminal(Terminal):
         with self._command():
             self._status_enquiry()
             run = self._run(p.cmd_repeat_receipt(self._password), None, abortable=False)
-            if run.end == "abort":
+            if run.end == "abort" and run.code == RESULT_NOTHING_TO_REPEAT:
                 # Nothing to repeat (no transaction yet, or the journal was closed).
                 logger.info("terminal %s: no last transaction (%s)", self._name, p.result_text(run.code))
                 self._set_health(("ok", None, None))
                 return None
+            if run.end == "abort":
+                # Any other abort (the operator's abort key, a system error, the
+                # function switched off) says nothing about the last transaction:
+                # reading it as "none" would call an approved sale unpaid.
+                raise self._unavailable(f"repeat receipt refused: {p.result_text(run.code)}")
             if run.end != "completion" or run.status is None:
                 raise self._unavailable(f"repeat receipt failed: {run.end} {run.detail}".strip())
             self._set_health(("ok", None, None))

@@ -214,3 +214,18 @@ def test_edge_rejects_malformed_charge_commands(office, broker):
         client.loop_stop()
         client.disconnect()
     assert edge.daemon.payments.stats["bad_command"] == len(bad)
+
+
+def test_pay_starts_the_charge_sent_last_and_once(office):
+    central, edge, _ = office
+    ids = []
+    for tendered in (1000, 2000):
+        code, sent = charge(central, lines=[{"code": "juminhyo", "quantity": 1}], method="cash", tendered=tendered)
+        assert code == 201
+        wait_state(central, sent["payment_id"], "ready")
+        ids.append(sent["payment_id"])
+    press_pay(edge)
+    press_pay(edge)  # an impatient second press
+    assert wait_state(central, ids[1], "approved")["change"] == 1700
+    time.sleep(1.0)
+    assert payment(central, ids[0])["state"] == "ready"
