@@ -284,7 +284,7 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         except KeyError as exc:
             raise PaymentError("not_found", f"科目 {code[:32]} はありません", str(exc.args[0] if exc.args else exc)) from None
         except ValueError as exc:
-            raise PaymentError("invalid", str(exc), str(exc)) from None
+            raise PaymentError("invalid", f"支払方法 {method[:20]} の手順はありません", str(exc)[:200]) from None
 
     @app.post("/api/v1/counters/{counter}/charges", status_code=201)
     async def create_charge(counter: str, body: ChargeRequest):
@@ -329,6 +329,8 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
             raise PaymentError("invalid", "確定には職員番号が必要です", "confirming needs staff_id")
         if action == "confirm" and body.approved is None:
             raise PaymentError("invalid", "結果（決済できた／できなかった）を選んでください", "confirm needs approved")
+        if action in ("confirm", "resolve") and body.approved and row.method != "cash" and body.slip_no is None:
+            raise PaymentError("invalid", "決済できた場合は伝票番号を入力してください", "an approval needs the slip number")
         fields = {k: v for k, v in body.model_dump().items() if k != "counter" and v is not None}
         try:
             central.send_payment_command(row, PaymentAction(action), **fields)

@@ -134,7 +134,8 @@ class TerminalSettings(Strict):
     t3_s: float = Field(default=5.0, ge=0.5, le=60)
     t4_s: float = Field(default=180.0, ge=1, le=600)
     #: The simulator's scenario (driver "sim"): approve, decline, silent, ...
-    scenario: str = Field(default="approve", max_length=30, pattern=r"^[a-z_]+$")
+    scenario: Literal["approve", "decline", "silent", "crc_corruption", "drop_after_status", "completion_lost",
+                      "slow_bytes", "duplicate_frames", "cable_pulled"] = "approve"
 
     @model_validator(mode="after")
     def _port(self) -> TerminalSettings:

@@ -233,7 +233,12 @@ class PaymentRole:
 
     def _with_messages(self, p: Payment) -> Payment:
         ja, en = staff_message(p.state, p.reason)
-        if p.state == S.APPROVED.value and p.method == "cash" and p.result.get("change") is not None and p.kind == "sale":
+        if p.state == S.APPROVED.value and p.kind == "void":
+            ja, en = "取り消しました（取消票をお渡しください）", "Voided (hand over the void slip)"
+        elif p.state == S.APPROVED.value and p.kind == "refund":
+            ja, en = (f"現金で {p.amount:,} 円を返金し、返金伝票に署名をもらってください",
+                      f"Refund {p.amount:,} yen in cash; have the refund slip signed")
+        elif p.state == S.APPROVED.value and p.method == "cash" and p.result.get("change") is not None and p.kind == "sale":
             ja, en = f"お釣り {p.result['change']:,} 円をお渡しください", f"Give change: {p.result['change']:,} yen"
         return p if (p.message_ja, p.message_en) == (ja, en) else _with(p, message_ja=ja, message_en=en)
 

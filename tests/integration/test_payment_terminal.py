@@ -11,13 +11,12 @@ does not show.
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 
 from drivers.terminal.base import Outcome, TxKind
 from drivers.terminal.sim import SimTerminal
-from tests.integration.test_payments import charge, payment, wait_for, wait_state
+from tests.integration.test_payments import charge, payment, wait_state
 
 pytestmark = pytest.mark.timeout(120)
 
