@@ -52,6 +52,7 @@ from bus.models import (
 )
 from bus.topics import Topics
 from drivers.terminal.base import Outcome, Terminal, TerminalError, TerminalUnavailable, TxKind, TxRecord
+from drivers.terminal.manual import instructions as manual_instructions
 from edge.crashpoints import crashpoint
 from edge.journal import Journal, JournalError, Payment
 from edge.session import Received
@@ -240,6 +241,11 @@ class PaymentRole:
                       f"Refund {p.amount:,} yen in cash; have the refund slip signed")
         elif p.state == S.APPROVED.value and p.method == "cash" and p.result.get("change") is not None and p.kind == "sale":
             ja, en = f"お釣り {p.result['change']:,} 円をお渡しください", f"Give change: {p.result['change']:,} yen"
+        elif p.state == S.PENDING.value and p.charge.get("terminal") == "manual" and p.kind in ("sale", "void"):
+            # A stand-alone terminal: what to press on it, step by step.
+            steps = manual_instructions(p.kind, p.amount, METHOD_NAMES[p.method][0])
+            ja = ("端末で操作してください: " + " → ".join(f"{i}. {s}" for i, s in enumerate(steps, 1)))[:200]
+            en = f"Key {p.amount:,} yen into the terminal ({METHOD_NAMES[p.method][1]}), then confirm the result here"
         return p if (p.message_ja, p.message_en) == (ja, en) else _with(p, message_ja=ja, message_en=en)
 
     def _save(self, *payments: Payment) -> None:

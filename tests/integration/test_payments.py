@@ -229,3 +229,20 @@ def test_pay_starts_the_charge_sent_last_and_once(office):
     assert wait_state(central, ids[1], "approved")["change"] == 1700
     time.sleep(1.0)
     assert payment(central, ids[0])["state"] == "ready"
+
+
+def test_a_stand_alone_terminal_tells_staff_what_to_press(central_factory, edges):
+    central = central_factory()
+    edges("counter-1", "1", extra='[terminal]\ndriver = "manual"\n')
+    code, sent = charge(central, lines=[{"code": "juminhyo", "quantity": 2}], method="credit", brand="visa", start=True)
+    assert code == 201, sent
+    pending = wait_state(central, sent["payment_id"], "pending")
+    assert "「クレジット」を押す" in pending["message_ja"] and "600" in pending["message_ja"], pending["message_ja"]
+    # An approval without the slip number is refused by the API, nothing changes.
+    body = {"counter": "1", "approved": True, "staff_id": "s1"}
+    code, answer = central.request("POST", f"/api/v1/payments/{sent['payment_id']}/confirm", body)
+    assert code == 422 and "伝票番号" in answer["message_ja"]
+    code, _ = central.request("POST", f"/api/v1/payments/{sent['payment_id']}/confirm", {**body, "slip_no": "0042"})
+    assert code == 200
+    done = wait_state(central, sent["payment_id"], "approved")
+    assert done["slip_no"] == "0042" and done["terminal"] == "manual"
