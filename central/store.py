@@ -16,6 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from central.schema_dayclose import DAYCLOSE_SQL
+from central.schema_reconcile import RECONCILE_SQL
+
 logger = logging.getLogger(__name__)
 
 SCHEMA = [
@@ -149,6 +152,10 @@ SCHEMA = [
     );
     CREATE INDEX payment_log_by_payment ON payment_log (payment_id, id);
     """,
+    # 3: day close (日次処理), issue #4 — central/schema_dayclose.py
+    DAYCLOSE_SQL,
+    # 4: statement import and reconciliation, issue #4 — central/schema_reconcile.py
+    RECONCILE_SQL,
 ]
 
 
