@@ -11,15 +11,28 @@ import difflib
 import hashlib
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 C = TypeVar("C", bound=BaseModel)
 
 
 class ConfigError(Exception):
     """A configuration file is missing, not TOML, or does not validate."""
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+#: An IANA time zone name, e.g. "Asia/Tokyo" (checked against the system's tz database).
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
 
-from bus.configfile import ConfigError, digest, load_toml
+from bus.configfile import ConfigError, TimeZoneName, digest, load_toml
 from bus.topics import ID_PATTERN
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
@@ -79,16 +78,7 @@ class SiteInfo(Strict):
     id: Id
     name_ja: Name
     name_en: Name
-    timezone: str = "Asia/Tokyo"
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+    timezone: TimeZoneName = "Asia/Tokyo"
 
 
 class Site(Strict):

@@ -10,11 +10,9 @@ move to PostgreSQL (design §8) stays small.
 from __future__ import annotations
 
 import logging
-import sqlite3
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+
+from bus.sqlitedb import Database
 
 from central.schema_dayclose import DAYCLOSE_SQL
 from central.schema_reconcile import RECONCILE_SQL
@@ -159,54 +157,8 @@ SCHEMA = [
 ]
 
 
-class Store:
-    """A SQLite connection with the schema migrated to the latest version."""
+class Store(Database):
+    """Central's database: the queue, the payment ledger, accounting."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN ourselves (BEGIN IMMEDIATE takes
-        # the write lock up front, so a reader never upgrades mid-transaction).
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self._owner: int | None = None
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self.conn.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
-
-    def _migrate(self) -> None:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(SCHEMA):
-            raise RuntimeError(
-                f"{self.path}: database schema {version} is newer than this madoguchi ({len(SCHEMA)})"
-            )
-        for number, script in enumerate(SCHEMA[version:], start=version + 1):
-            logger.info("migrating %s to schema %d", self.path, number)
-            with self.transaction():
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
-                self.conn.execute(f"PRAGMA user_version={number}")
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        owner = threading.get_ident()
-        if self._owner is None:
-            self._owner = owner
-        elif self._owner != owner:
-            # One connection, one thread: interleaved transactions from two
-            # threads would corrupt each other's BEGIN/COMMIT.
-            raise RuntimeError(f"{self.path}: store used from a second thread")
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
-
-    def close(self) -> None:
-        self.conn.close()
+        super().__init__(path, SCHEMA, foreign_keys=True)

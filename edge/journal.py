@@ -22,13 +22,15 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from bus.sqlitedb import Database, DatabaseError
+
+#: Raised for a journal that cannot be used (newer schema, second thread, a version clash).
+JournalError = DatabaseError
 
 logger = logging.getLogger(__name__)
 
@@ -120,54 +122,13 @@ class PrintJob:
     error: str | None
 
 
-class JournalError(Exception):
-    pass
-
-
-class Journal:
+class Journal(Database):
     """The edge's SQLite journal.  Used from the daemon's loop thread only."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self._owner: int | None = None
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed row survives a power cut, which is the point.
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("PRAGMA busy_timeout=5000")
-        self._migrate()
+        super().__init__(path, SCHEMA)
 
-    def _migrate(self) -> None:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(SCHEMA):
-            raise JournalError(f"{self.path}: journal schema {version} is newer than this madoguchi ({len(SCHEMA)})")
-        for number, script in enumerate(SCHEMA[version:], start=version + 1):
-            with self._tx() as conn:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={number}")
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        owner = threading.get_ident()
-        if self._owner is None:
-            self._owner = owner
-        elif self._owner != owner:
-            raise JournalError(f"{self.path}: journal used from a second thread")
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
-
-    def close(self) -> None:
-        self.conn.close()
+    _tx = Database.transaction
 
     # ------------------------------------------------------------ payments
     @staticmethod
@@ -205,7 +166,7 @@ class Journal:
                 stored = conn.execute("SELECT version FROM payments WHERE payment_id = ?", (p.payment_id,)).fetchone()
                 expected = 1 if stored is None else stored[0] + 1
                 if p.version != expected:
-                    raise JournalError(f"payment {p.payment_id}: version {p.version}, expected {expected}")
+                    raise DatabaseError(f"payment {p.payment_id}: version {p.version}, expected {expected}")
                 conn.execute(
                     """INSERT OR REPLACE INTO payments (payment_id, charge_id, kind, original_id, state, version,
                        method, amount, charge, result, staff_id, reason, note, message_ja, message_en, created_at, updated_at)

@@ -55,6 +55,21 @@ def edges(broker, tmp_path):
         edge.stop()
 
 
+@pytest.fixture
+def sim(tmp_path):
+    """The ZVT terminal simulator on a pty, at a stable link in the test's folder."""
+    from drivers.terminal.sim import SimTerminal
+
+    terminal = SimTerminal(link=tmp_path / "ttyPT", ecr_answer_timeout_s=1.0, card_wait_s=0.05)
+    yield terminal
+    terminal.close()
+
+
+def zvt_toml(sim) -> str:
+    """Edge config for a ZVT terminal on ``sim``, with short timers for tests."""
+    return f'[terminal]\ndriver = "zvt"\nport = "{sim.link}"\nt3_s = 2\nt4_s = 3\n'
+
+
 # ---------------------------------------------------------------------------
 # With MADOGUCHI_NO_SKIP=1 (./dev test, CI) everything the suite needs has
 # been installed, so a skipped test means a missing part: fail the run.

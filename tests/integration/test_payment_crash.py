@@ -15,26 +15,20 @@ import time
 
 import pytest
 
-from drivers.terminal.sim import SimTerminal
 from tests.integration.test_payment_terminal import approved_sales
 from tests.integration.test_payments import charge, payment, wait_for
 from tests.support.procs import EdgeProcess
 
+from tests.conftest import zvt_toml
+
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def sim(tmp_path):
-    terminal = SimTerminal(link=tmp_path / "ttyPT", ecr_answer_timeout_s=1.0, card_wait_s=0.05)
-    yield terminal
-    terminal.close()
 
 
 @pytest.fixture
 def rig(central_factory, broker, sim, tmp_path):
     central = central_factory()
     edge = EdgeProcess(tmp_path / "edge", "counter-1", "1", broker.port,
-                       extra=f'[terminal]\ndriver = "zvt"\nport = "{sim.link}"\nt3_s = 2\nt4_s = 3\n')
+                       extra=zvt_toml(sim))
     yield central, edge
     edge.stop()
 

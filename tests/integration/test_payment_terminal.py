@@ -15,23 +15,17 @@ import time
 import pytest
 
 from drivers.terminal.base import Outcome, TxKind
-from drivers.terminal.sim import SimTerminal
 from tests.integration.test_payments import charge, payment, wait_state
+
+from tests.conftest import zvt_toml
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def sim(tmp_path):
-    terminal = SimTerminal(link=tmp_path / "ttyPT", ecr_answer_timeout_s=1.0, card_wait_s=0.05)
-    yield terminal
-    terminal.close()
-
-
-@pytest.fixture
 def card_office(central_factory, edges, sim, tmp_path):
     central = central_factory()
-    edge = edges("counter-1", "1", extra=f'[terminal]\ndriver = "zvt"\nport = "{sim.link}"\nt3_s = 2\nt4_s = 3\n')
+    edge = edges("counter-1", "1", extra=zvt_toml(sim))
     return central, edge
 
 
@@ -218,7 +212,7 @@ def test_repeated_commands_during_a_sale_do_not_disturb_it(card_office, sim):
 
 def test_a_void_that_never_reaches_the_counter_can_be_tried_again(central_factory, edges, sim):
     central = central_factory(extra="[payments]\ncommand_ttl_s = 5\n")
-    edge = edges("counter-1", "1", extra=f'[terminal]\ndriver = "zvt"\nport = "{sim.link}"\nt3_s = 2\nt4_s = 3\n')
+    edge = edges("counter-1", "1", extra=zvt_toml(sim))
     pid = card_charge(central)
     wait_state(central, pid, "approved", timeout=30)
     edge.stop()  # the counter's Pi is off

@@ -18,6 +18,7 @@ import pytest
 
 from drivers.printer import FakeEscposPrinter
 from tests.integration.test_payments import charge, wait_for, wait_state
+from tests.conftest import zvt_toml
 from tests.support.procs import EdgeProcess
 
 pytestmark = pytest.mark.timeout(90)
@@ -145,30 +146,24 @@ def test_a_job_cut_off_by_a_crash_is_not_printed_twice(central_factory, broker, 
         edge.stop()
 
 
-def test_void_and_refund_slips(central_factory, edges, printer, tmp_path):
-    from drivers.terminal.sim import SimTerminal
-
-    sim = SimTerminal(link=tmp_path / "ttyPT", card_wait_s=0.0, brand="nanaco")
-    try:
-        central = central_factory()
-        edges("counter-1", "1", extra=printer_toml(printer)
-              + f'[terminal]\ndriver = "zvt"\nport = "{sim.link}"\nt3_s = 2\nt4_s = 3\n')
-        body = {"counter": "1", "staff_id": "s1", "reason": "申請取下げ"}
-        # Cash: voided at once, a 取消 slip.
-        cash = paid(central)
-        printer.wait_for_jobs(1, timeout=10)
-        code, void = central.request("POST", f"/api/v1/payments/{cash['payment_id']}/void", body)
-        assert code == 200 and void["action"] == "void"
-        job = printer.wait_for_jobs(2, timeout=10)[1]
-        assert "取消".encode("cp932") in job and "利用控え".encode("cp932") in job
-        # nanaco cannot be voided: a cash refund and its 返金伝票 with a signature line.
-        code, sent = charge(central, lines=[{"code": "juminhyo", "quantity": 1}], method="emoney", brand="nanaco", start=True)
-        assert code == 201
-        wait_state(central, sent["payment_id"], "approved", timeout=30)
-        printer.wait_for_jobs(3, timeout=10)
-        code, refund = central.request("POST", f"/api/v1/payments/{sent['payment_id']}/void", body)
-        assert code == 200 and refund["action"] == "refund"
-        job = printer.wait_for_jobs(4, timeout=10)[3]
-        assert "返金伝票".encode("cp932") in job and "署名".encode("cp932") in job and "領収書".encode("cp932") not in job
-    finally:
-        sim.close()
+def test_void_and_refund_slips(central_factory, edges, printer, sim):
+    sim.brand = "nanaco"
+    central = central_factory()
+    edges("counter-1", "1", extra=printer_toml(printer) + zvt_toml(sim))
+    body = {"counter": "1", "staff_id": "s1", "reason": "申請取下げ"}
+    # Cash: voided at once, a 取消 slip.
+    cash = paid(central)
+    printer.wait_for_jobs(1, timeout=10)
+    code, void = central.request("POST", f"/api/v1/payments/{cash['payment_id']}/void", body)
+    assert code == 200 and void["action"] == "void"
+    job = printer.wait_for_jobs(2, timeout=10)[1]
+    assert "取消".encode("cp932") in job and "利用控え".encode("cp932") in job
+    # nanaco cannot be voided: a cash refund and its 返金伝票 with a signature line.
+    code, sent = charge(central, lines=[{"code": "juminhyo", "quantity": 1}], method="emoney", brand="nanaco", start=True)
+    assert code == 201
+    wait_state(central, sent["payment_id"], "approved", timeout=30)
+    printer.wait_for_jobs(3, timeout=10)
+    code, refund = central.request("POST", f"/api/v1/payments/{sent['payment_id']}/void", body)
+    assert code == 200 and refund["action"] == "refund"
+    job = printer.wait_for_jobs(4, timeout=10)[3]
+    assert "返金伝票".encode("cp932") in job and "署名".encode("cp932") in job and "領収書".encode("cp932") not in job
