@@ -390,6 +390,11 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
     async def board():
         return central.board().model_dump(mode="json", by_alias=True)
 
+    # Accounting (issue #4): the monthly statement matching; pages and JSON.
+    from central.reconcile_web import reconcile_router
+
+    app.include_router(reconcile_router(engine.store, site, central.ledger.catalog if central.ledger else None))
+
     @app.get("/", response_class=HTMLResponse)
     async def overview():
         return resources.files("central").joinpath("overview.html").read_text(encoding="utf-8")
