@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 from bus.models import ChargeLine, PaymentEvent, PayMethod, utcnow
 from central.config import Site
+from central.dayclose import record_late_changes
 from central.store import Store
 
 logger = logging.getLogger(__name__)
@@ -279,6 +280,8 @@ class Ledger:
                     args.append(txn_day)
                 tx.execute(f"UPDATE payments SET {sets} WHERE payment_id = ?", (*args, pid))
             self._log(tx, pid, event.version, event.state.value, f"device:{device}", event.reason or "")
+            # A payment of a closed day changed: an adjustment, never an edit (docs/accounting.md §4).
+            record_late_changes(tx, self.site, self.catalog, [pid], source=f"device:{device}")
         return True
 
     # ------------------------------------------------------------ void / refund

@@ -390,10 +390,13 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
     async def board():
         return central.board().model_dump(mode="json", by_alias=True)
 
-    # Accounting (issue #4): the monthly statement matching; pages and JSON.
+    # Accounting (issue #4): day close, KPIs, the monthly statement matching; pages and JSON.
+    from central.accounting_web import accounting_router
     from central.reconcile_web import reconcile_router
 
-    app.include_router(reconcile_router(engine.store, site, central.ledger.catalog if central.ledger else None))
+    catalog = central.ledger.catalog if central.ledger else None
+    app.include_router(accounting_router(engine.store, site, catalog))
+    app.include_router(reconcile_router(engine.store, site, catalog))
 
     @app.get("/", response_class=HTMLResponse)
     async def overview():
