@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 
 REPO_SITE = Path(__file__).resolve().parents[1] / "config" / "site.toml"
@@ -252,6 +253,16 @@ class Office:
             f"counter {counter} charges {p['amount']:,} yen by {method}")
         return p
 
+    def cli(self, *argv: str) -> str:
+        """Run a ``madoguchi`` accounting command on the demo's database (as accounting staff would)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "bus.cli", argv[0], "--config", str(self.work / "central.toml"), *argv[1:]],
+            capture_output=True, text=True, timeout=120,
+        )
+        if result.returncode != 0:
+            raise DemoError(f"madoguchi {' '.join(argv[:2])} failed ({result.returncode}): {result.stderr[-800:]}")
+        return result.stdout
+
     def receipts_printed(self) -> int:
         return len(list(self.receipts.glob("*.png"))) if self.receipts.exists() else 0
 
@@ -380,6 +391,51 @@ def summary(office: Office) -> None:
     say(f"📒 本日の収納: {len(taken)}件 {sum(by_method.values()):,}円（{detail}）、取消 "
         f"{sum(1 for r in rows if r['state'] == 'voided')}件、印刷 {office.receipts_printed()}枚",
         f"today: {len(taken)} payments, {sum(by_method.values()):,} yen; receipts printed: {office.receipts_printed()}")
+    accounting(office)
+
+
+def accounting(office: Office) -> None:
+    """The accounting side, on last month's data (synthetic, so the demo's
+    own today stays open): the day close with its workbook, the payment
+    agent's statement imported and matched, settlement fees and exceptions."""
+    last = date.today().replace(day=1) - timedelta(days=1)
+    month = last.strftime("%Y-%m")
+    say(f"── 経理: 先月（{month}）の合成データで日次締めと決済代行明細の照合 ──",
+        f"-- Accounting on last month's synthetic data ({month}): day close and the agent's statement --")
+    statement = office.work / f"statement-{month}.csv"
+    office.cli("reconcile", "sample", "--month", month, "--fill-ledger", "40", "--faults", "--encoding", "cp932",
+               "--out", str(statement))
+    # The last day of last month with payments: close it, 10 yen short.
+    day = _last_day_with_payments(office, last)
+    sheet = _http("GET", f"{office.central}/api/v1/accounting/days/{day}?detail=false")
+    expected = sheet["cash"]["expected"]
+    workbook = office.work / f"dayclose-{day}.xlsx"
+    office.cli("close-day", "--date", day, "--counted-cash", str(expected - 10), "--by", "demo-k1", "--xlsx", str(workbook))
+    closed = _http("GET", f"{office.central}/api/v1/accounting/days/{day}?detail=false")
+    say(f"📗 {day} を締めました: 収納額 {closed['summary']['revenue']['amount']:,}円、現金 予定 {expected:,}円 / "
+        f"実在 {expected - 10:,}円 → 過不足 {closed['cash']['over_short']:+,}円。日次処理表: {workbook}",
+        f"closed {day}: revenue {closed['summary']['revenue']['amount']:,} yen, cash over/short "
+        f"{closed['cash']['over_short']:+,} yen; workbook written")
+    office.cli("reconcile", "import", str(statement), "--source", "agent", "--month", month, "--by", "demo-k1")
+    office.cli("reconcile", "match", "--month", month, "--by", "demo-k1")
+    report = json.loads(office.cli("reconcile", "report", "--month", month, "--json"))
+    s = report["summary"]
+    open_buckets = {k: b for k, b in report["buckets"].items() if b["open"]}
+    listed = "、".join(f"{b['ja']} {b['open']}" for b in open_buckets.values())
+    say(f"🔎 明細照合 {month}: 照合 {s['matched']['count']:,}件、公金振替（手数料） {s['kokin_furikae']:,}円"
+        f"（契約 {s['fees']['total']['expected']:,}円）、例外 {sum(b['open'] for b in open_buckets.values())}件（{listed}）",
+        f"statement {month}: {s['matched']['count']:,} matched, fees {s['kokin_furikae']:,} yen "
+        f"(contract {s['fees']['total']['expected']:,}), exceptions: " + ", ".join(f"{k} {b['open']}" for k, b in open_buckets.items()))
+    say(f"📄 日次処理表 {office.central}/accounting/day?date={day}  明細照合 {office.central}/accounting/reconcile?month={month}",
+        f"the day sheet and the reconciliation pages; KPIs at {office.central}/accounting/kpi")
+
+
+def _last_day_with_payments(office: Office, last: date) -> str:
+    for back in range(31):
+        day = (last - timedelta(days=back)).isoformat()
+        if _http("GET", f"{office.central}/api/v1/payments?day={day}"):
+            return day
+    raise DemoError(f"no synthetic payments in {last:%Y-%m}")
 
 
 #: The mix of visitors after the script: (weight, procedures).  Synthetic.
@@ -458,6 +514,7 @@ def _run(args) -> int:
             + "".join(f"  {n}番窓口の表示 display  http://127.0.0.1:{office.displays[n]}/\n" for n, *_ in COUNTERS)
             + "".join(f"  {n}番窓口コンソール console  {office.central}/console/{n}\n" for n, *_ in COUNTERS)
             + f"  領収書の画像 receipts  {office.receipts}/\n"
+            + f"  経理 accounting        {office.central}/accounting/day  /accounting/reconcile  /accounting/kpi\n"
             + "  API (OpenAPI)        " + office.central + "/openapi.json\n"
             + f"  作業フォルダ logs      {workdir}\n",
             flush=True,

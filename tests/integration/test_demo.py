@@ -18,4 +18,9 @@ def test_demo_runs_its_scripted_morning():
     out = result.stdout
     assert "住民異動(1) → 国民健康保険(2) → 児童手当・こども医療(3) — done" in out
     assert "お待ちの方はいません" in out  # precedence: 国保 waits for 住民異動
+    assert "決済が完了しました（伝票番号" in out  # a card payment on the ZVT simulator
+    assert "お釣り 650 円" in out  # cash with the PAY button
+    assert "600円を取り消しました" in out  # a same-day void
+    assert "過不足 -10円" in out  # the day close on last month's synthetic data
+    assert "🔎 明細照合" in out and "照合 " in out
     assert "demo script finished" in out
