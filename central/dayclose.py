@@ -44,6 +44,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from central.config import Site
+from central.exports import csv_row, keep_text
 from central.store import Store
 
 logger = logging.getLogger(__name__)
@@ -782,7 +783,7 @@ DETAIL_COLUMNS = [
 def _csv_bytes(rows: list[list[Any]]) -> bytes:
     buf = io.StringIO(newline="")
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerows(rows)
+    writer.writerows(csv_row(row) for row in rows)
     # UTF-8 with a BOM: Excel (Japanese Windows) reads a CSV without one as Shift_JIS.
     return ("\ufeff" + buf.getvalue()).encode("utf-8")
 
@@ -909,6 +910,8 @@ def _table_sheet(wb, name: str, sheet: dict, title: str, head: list[tuple[str, i
     money = {i for i, (h, _) in enumerate(head, 1) if h in _MONEY_HEADS}
     for row in rows:
         ws.append(row)
+        for cell in ws[ws.max_row]:
+            keep_text(cell)
         r = ws.max_row
         for i in range(1, len(head) + 1):
             cell = ws.cell(row=r, column=i)
@@ -963,9 +966,11 @@ class _DayWriter:
         return self.Font(name=FONT, size=size, bold=bold, color=color)
 
     def put(self, row: int, col: str, value: Any, *, fmt: str | None = None, bold: bool = False, size: float = 10,
-            align: str | None = None, color: str = "000000"):
+            align: str | None = None, color: str = "000000", formula: bool = False):
         cell = self.ws[f"{col}{row}"]
         cell.value = value
+        if not formula:  # our own totals are formulas; text from anywhere else stays text
+            keep_text(cell)
         cell.font = self.font(size, bold, color)
         if fmt:
             cell.number_format = fmt
@@ -995,7 +1000,7 @@ class _DayWriter:
         self.ws.merge_cells(f"A{r}:B{r}")
         for col in cols:
             fmt = YEN if col != "F" else SIGNED
-            self.put(r, col, f"=SUM({col}{first}:{col}{r - 1})", fmt=fmt, bold=True)
+            self.put(r, col, f"=SUM({col}{first}:{col}{r - 1})", fmt=fmt, bold=True, formula=True)
         self.box(f"A{r}", f"F{r}", fill="F2F2F2")
         for col in "ABCDEF":
             c = self.ws[f"{col}{r}"]
@@ -1107,8 +1112,10 @@ class _DayWriter:
         r = self.row
         self.put(r, "A", "計", bold=True)
         ws.merge_cells(f"A{r}:B{r}")
-        self.put(r, "D", "=" + "+".join(f"D{x}" for x in first_rows) if first_rows else 0, fmt=YEN, bold=True)
-        self.put(r, "F", "=" + "+".join(f"F{x}" for x in first_rows) if first_rows else 0, fmt=SIGNED, bold=True)
+        self.put(r, "D", "=" + "+".join(f"D{x}" for x in first_rows) if first_rows else 0, fmt=YEN, bold=True,
+                 formula=True)
+        self.put(r, "F", "=" + "+".join(f"F{x}" for x in first_rows) if first_rows else 0, fmt=SIGNED, bold=True,
+                 formula=True)
         self.box(f"A{r}", f"F{r}", fill="F2F2F2")
         self.row += 1
 

@@ -320,13 +320,16 @@ class Ledger:
                 # Transit IC: only the terminal's last transaction can be
                 # voided.  Anything that reached the terminal after it (any
                 # outcome) makes it not the last one.
-                later = self.store.conn.execute(
-                    "SELECT 1 FROM payments WHERE counter = ? AND payment_id != ? AND method != 'cash' "
-                    "AND state NOT IN ('sent', 'ready', 'cancelled') AND reason IS NOT 'terminal_unavailable' "
-                    "AND COALESCE(txn_at, updated_at) > ? LIMIT 1",
-                    (counter, payment_id, original.txn_at or original.updated_at),
-                ).fetchone()
-                if later is not None:
+                # Times come with different UTC offsets (terminal +09:00, Pi
+                # UTC): compared as instants, not as strings.
+                since = datetime.fromisoformat(original.txn_at or original.updated_at)
+                rows = self.store.conn.execute(
+                    "SELECT COALESCE(txn_at, updated_at) FROM payments WHERE counter = ? AND payment_id != ? "
+                    "AND method != 'cash' AND state NOT IN ('sent', 'ready', 'cancelled') "
+                    "AND reason IS NOT 'terminal_unavailable' AND day >= ?",
+                    (counter, payment_id, original.day),
+                ).fetchall()
+                if any(datetime.fromisoformat(at) > since for (at,) in rows):
                     action = "refund"
         now = utcnow().isoformat()
         new = PaymentRow(

@@ -34,6 +34,8 @@ from bus.models import utcnow
 from central.statement import TYPE_JA, audit, check_month
 from central.store import Store
 
+from central.exports import csv_row
+
 logger = logging.getLogger(__name__)
 
 #: Key 3's window: the terminal's clock and the agent's may differ a little.
@@ -220,9 +222,20 @@ def match(
         at = x_at[x.id]
         lo = bisect.bisect_left(bucket, (at - window_s, ""))
         hi = bisect.bisect_right(bucket, (at + window_s, "\uffff"))
-        edges.extend((abs(ts - at), x.id, pid) for ts, pid in bucket[lo:hi] if pid not in taken)
+        # Key 3 is for a side without slip numbers (a stand-alone terminal):
+        # two known, different slips are two different transactions, however
+        # close in time and amount — never paired by amount and time.
+        edges.extend((abs(ts - at), x.id, pid) for ts, pid in bucket[lo:hi]
+                     if pid not in taken and not _slips_conflict(txns[pid], x))
     greedy(edges, "time")
     return out
+
+
+def _slips_conflict(t: LedgerTxn, x: Line) -> bool:
+    """Both sides carry a slip number and they differ (or the approvals do)."""
+    if t.slip_no and x.slip_no and _norm(t.slip_no) != _norm(x.slip_no):
+        return True
+    return bool(t.approval_no and x.approval_no and _norm(t.approval_no) != _norm(x.approval_no))
 
 
 # ============================================================== the month
@@ -310,9 +323,20 @@ class Reconciler:
         sql = "SELECT * FROM statement_imports" + (" WHERE month = ?" if month else "") + " ORDER BY id DESC"
         return [dict(r) for r in self.store.conn.execute(sql, (month,) if month else ())]
 
-    def ledger_txns(self, month: str) -> list[LedgerTxn]:
+    def ledger_txns(self, month: str, lines: list[Line] | None = None) -> list[LedgerTxn]:
+        """The ledger side of a month: its payments, less those a later
+        month's statement settled (late settlements), plus the earlier
+        payments this month's statement may settle late — those no other
+        month's latest run matched, back to the earliest line's date."""
         start, end = check_month(month)
         rows = self.store.conn.execute(_LEDGER_SQL, (start.isoformat(), end.isoformat())).fetchall()
+        claimed = self._matched_elsewhere(month)
+        rows = [r for r in rows if r["payment_id"] not in claimed]
+        if lines:
+            earliest = min(x.txn_at.astimezone(self.zone).date() for x in lines)
+            if earliest < start:
+                earlier = self.store.conn.execute(_LEDGER_SQL, (earliest.isoformat(), start.isoformat())).fetchall()
+                rows += [r for r in earlier if r["payment_id"] not in claimed]
         return [
             LedgerTxn(payment_id=r["payment_id"], kind=r["kind"], state=r["state"], method=r["method"], brand=r["brand"],
                       amount=r["amount"], terminal_id=r["terminal_id"], slip_no=r["slip_no"], approval_no=r["approval_no"],
@@ -338,6 +362,15 @@ class Reconciler:
         ).fetchall()
         return [r["id"] for r in rows if r["month"] != exclude_month]
 
+    def _matched_elsewhere(self, month: str) -> set[str]:
+        """Payments matched in the latest run of another month."""
+        runs = self._latest_runs(exclude_month=month)
+        if not runs:
+            return set()
+        marks = ",".join("?" * len(runs))
+        rows = self.store.conn.execute(f"SELECT payment_id FROM matches WHERE run_id IN ({marks})", runs)
+        return {r[0] for r in rows}
+
     def _learned_agent_ids(self, month: str) -> dict[str, str]:
         """agent id → payment id, from the latest run of every other month
         (a refund this month pointing to a sale settled last month)."""
@@ -362,7 +395,7 @@ class Reconciler:
             raise ReconcileError(f"no statement imported for {month}: import the agent's file first")
         ids = [i["id"] for i in imports]
         lines = self.statement_lines(month)
-        txns = self.ledger_txns(month)
+        txns = self.ledger_txns(month, lines)
         learned = self._learned_agent_ids(month)
         pairs = match(txns, lines, agent_ids=learned)
         findings, summary = self._check(month, txns, lines, pairs, learned, imports)
@@ -465,7 +498,9 @@ class Reconciler:
         elsewhere = self._agent_ids_elsewhere([x for x in lines if x.id not in matched_lines], imports)
         seen_key: dict[tuple, Line] = {}
         for x in sorted(lines, key=lambda x: (x.id not in matched_lines, x.txn_at, x.id)):
-            key = (x.type, _norm(x.terminal_id), _norm(x.slip_no), _norm(x.approval_no), x.gross)
+            # Slip numbers restart every day: a duplicate is the same slip on the same day.
+            key = (x.type, _norm(x.terminal_id), _norm(x.slip_no), _norm(x.approval_no), x.gross,
+                   x.txn_at.astimezone(self.zone).date())
             first = seen_key.setdefault(key, x) if x.slip_no else x
             if x.id in matched_lines:
                 continue
@@ -726,11 +761,21 @@ class Reconciler:
 LEVEL_JA = {"ok": "", "escalate": "要対応（30日超）", "overdue": "期限超過", "resolved": "解決済み", "none": ""}
 
 
+class _SafeWriter:
+    """csv.writer whose text cells can't become formulas (central/exports.py)."""
+
+    def __init__(self, writer) -> None:
+        self._w = writer
+
+    def writerow(self, row) -> None:
+        self._w.writerow(csv_row(row))
+
+
 def report_csv(report: dict[str, Any]) -> bytes:
     """The report for Excel: UTF-8 with BOM, CRLF.  A summary block (one
     row per figure), then the fee table, then one row per exception."""
     buf = io.StringIO(newline="")
-    w = csv.writer(buf, lineterminator="\r\n")
+    w = _SafeWriter(csv.writer(buf, lineterminator="\r\n"))
     s = report["summary"] or {}
     w.writerow(["照合月 month", report["month"], "基準日 as of", report["today"]])
     if s:

@@ -20,7 +20,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-EX_OK, EX_DATAERR, EX_NOINPUT, EX_CONFIG = 0, 65, 66, 78
+EX_OK, EX_DATAERR, EX_NOINPUT, EX_IOERR, EX_CONFIG = 0, 65, 66, 74, 78
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,9 @@ class _Context:
             raise _Exit(EX_CONFIG, f"{args.config}: [central] fees_file/brands_file are needed (the fee rates)")
         self.site, self.catalog = loaded.site, loaded.catalog
         path = args.database or loaded.config.central.database
+        if not Path(path).exists():
+            # Never create one: a mistyped path would import into an empty database.
+            raise _Exit(EX_CONFIG, f"データベースがありません / no database at {path} (is [central] database right?)")
         try:
             self.store = Store(path)
         except (sqlite3.Error, RuntimeError, OSError) as exc:  # a locked or corrupt file, a newer schema
@@ -190,12 +193,15 @@ def _report(args, ctx) -> int:
 
     rec = ctx.reconciler()
     report = rec.report(args.month)
-    if args.csv:
-        args.csv.write_bytes(report_csv(report))
-        print(f"CSV: {args.csv}")
-    if args.html:
-        args.html.write_text(report_html(report, site_name=ctx.site.site.name_ja), encoding="utf-8")
-        print(f"HTML: {args.html}")
+    try:
+        if args.csv:
+            args.csv.write_bytes(report_csv(report))
+            print(f"CSV: {args.csv}")
+        if args.html:
+            args.html.write_text(report_html(report, site_name=ctx.site.site.name_ja), encoding="utf-8")
+            print(f"HTML: {args.html}")
+    except OSError as exc:
+        raise _Exit(EX_IOERR, f"書き込めません / cannot write: {exc}") from None
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=1))
     elif not (args.csv or args.html):

@@ -492,7 +492,10 @@ class PaymentRole:
                 self.notify(*staff_message("declined", "terminal_unavailable"))
                 return
             # Journal first: from here on, a crash means "the terminal may have run it".
-            pending = p.evolve(state=S.PENDING.value, reason=None, result={**p.result, "before": before})
+            # sent_at: when the sale went to the terminal — its 収納日 if the
+            # terminal never tells us its own time (staff resolve it later).
+            pending = p.evolve(state=S.PENDING.value, reason=None,
+                               result={**p.result, "before": before, "sent_at": self.now().isoformat()})
             self._save(pending)
             crashpoint("payment.after_journal")
             self.notify(*self._visitor_prompt(p.method))
@@ -552,7 +555,9 @@ class PaymentRole:
 
     def _approve(self, p: Payment, result: dict[str, Any]) -> None:
         result = {**result, "receipt_no": self._receipt_no()}
-        result.setdefault("txn_at", self.now().isoformat())
+        # The money moved when the sale was sent (or when the terminal says),
+        # not when someone settled an unknown outcome: the 収納日 stays right.
+        result.setdefault("txn_at", p.result.get("txn_at") or p.result.get("sent_at") or self.now().isoformat())
         approved = p.evolve(state=S.APPROVED.value, reason=None, result={**p.result, **result})
         self._save(approved)
         crashpoint("payment.after_approval")
@@ -700,7 +705,7 @@ class PaymentRole:
             if before is False:
                 self._save(_with(void, state=S.DECLINED.value, reason="terminal_unavailable"))
                 return
-            void = _with(void, result={"before": before})
+            void = _with(void, result={"before": before, "sent_at": self.now().isoformat()})
             self._save(void)
             try:
                 record = await loop.run_in_executor(self._terminal_pool, lambda: self.terminal.void(slip, original.amount, on_status=self._on_status))
@@ -735,7 +740,7 @@ class PaymentRole:
     def _void_done(self, void: Payment, result: dict[str, Any]) -> None:
         original = self.journal.get(void.original_id)
         result = {**result, "receipt_no": self._receipt_no()}
-        result.setdefault("txn_at", self.now().isoformat())
+        result.setdefault("txn_at", void.result.get("sent_at") or self.now().isoformat())
         done = (void.evolve(state=S.APPROVED.value, result={**void.result, **result}) if self.journal.get(void.payment_id)
                 else _with(void, state=S.APPROVED.value, result=result))
         self._save(done, original.evolve(state=S.VOIDED.value))

@@ -226,3 +226,21 @@ def test_a_void_that_never_reaches_the_counter_can_be_tried_again(central_factor
     assert payment(central, pid)["state"] == "approved"
     status, again = central.request("POST", f"/api/v1/payments/{pid}/void", body)
     assert status == 200 and again["payment_id"] != void["payment_id"]
+
+
+def test_an_unknown_settled_by_staff_keeps_the_time_the_sale_was_sent(card_office, sim):
+    """The 収納日 is when the money moved, not when someone settled the
+    unknown outcome (which may be the next morning)."""
+    from datetime import datetime, timezone
+
+    central, edge = card_office
+    sim.scenario = "cable_pulled"
+    pid = card_charge(central)
+    wait_state(central, pid, "unknown", timeout=30)
+    time.sleep(2.0)
+    resolved_at = datetime.now(timezone.utc)
+    status, _ = central.request("POST", f"/api/v1/payments/{pid}/resolve",
+                                {"counter": "1", "approved": True, "slip_no": "0042", "staff_id": "s9"})
+    assert status == 200
+    p = wait_state(central, pid, "approved")
+    assert (resolved_at - datetime.fromisoformat(p["txn_at"])).total_seconds() > 1.5, p["txn_at"]

