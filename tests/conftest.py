@@ -55,6 +55,35 @@ def edges(broker, tmp_path):
         edge.stop()
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per test module (tests/support/browser.py)."""
+    from tests.support.browser import launch
+
+    with launch() as b:
+        yield b
+
+
+@pytest.fixture
+def new_page(browser):
+    """``new_page(viewport=...)``: a page in a fresh context (ja-JP, Tokyo).
+    A JavaScript error on any page fails the test."""
+    contexts, errors = [], []
+
+    def make(*, width: int = 1280, height: int = 800):
+        context = browser.new_context(viewport={"width": width, "height": height}, locale="ja-JP",
+                                      timezone_id="Asia/Tokyo")
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        return page
+
+    yield make
+    for context in contexts:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
 @pytest.fixture
 def sim(tmp_path):
     """The ZVT terminal simulator on a pty, at a stable link in the test's folder."""

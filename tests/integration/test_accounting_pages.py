@@ -13,45 +13,22 @@ import io
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.support.browser import require_chromium
 
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+require_chromium()
 
-from openpyxl import load_workbook
-from playwright.sync_api import expect, sync_playwright
+from openpyxl import load_workbook  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
 
 @pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1100, "height": 1000}, locale="ja-JP", timezone_id="Asia/Tokyo")
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+def page(new_page):
+    return new_page(width=1100, height=1000)
 
 
 def wait_for(fn, timeout=10.0, what="condition"):

@@ -14,47 +14,21 @@ import pytest
 
 from drivers.display import HdmiDisplay, Screen
 
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.support.browser import require_chromium
 
-if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+require_chromium()
 
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
-# No network here: without these, Chromium keeps trying to reach Google's services.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "counter-display.png"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    # Playwright starts the browser with a fresh temporary profile of its own.
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 @pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 720}, locale="ja-JP")
-    page = context.new_page()
-    yield page
-    context.close()
+def page(new_page):
+    return new_page(width=1280, height=720)
 
 
 def calling(number: int, **kwargs) -> Screen:
