@@ -110,6 +110,8 @@ class Office:
         #: Where the simulated printers put a picture of each receipt.
         self.receipts = workdir / "receipts"
         self.last_press: dict[tuple[str, str], float] = {}
+        #: ticket number → its token (the visitor's page, from the ticket's QR code).
+        self.tokens: dict[int, str] = {}
 
     @property
     def central(self) -> str:
@@ -204,6 +206,7 @@ class Office:
         wait = ticket.get("estimate_min")
         ja_wait = f"  (待ち時間の目安 {wait:.0f}分)" if wait is not None else ""
         en_wait = f" (expected wait {wait:.0f} min)" if wait is not None else ""
+        self.tokens[ticket["number"]] = ticket["token"]
         say(f"🎫 発券 {ticket['number']:>3}番  {route}{ja_wait}",
             f"ticket {ticket['number']}: " + " → ".join(s["name_en"] for s in ticket["stops"]) + en_wait)
         return ticket["number"]
@@ -281,6 +284,8 @@ def morning(office: Office) -> None:
     family = office.issue("tennyu", "kokuho-kanyu", "jidoteate")  # moved in: 3 counters on one ticket
     cert = office.issue("juminhyo")
     mover = office.issue("tenkyo", "nenkin-henko")
+    say(f"📱 {family}番の方のスマートフォン（整理券のQRコード）: {office.central}/t/{office.tokens[family]}",
+        f"number {family}'s own page on their phone (the ticket's QR code)")
     office.pause(2)
     say("── 1番窓口が呼び出します。3番窓口も証明書の方を呼びます ──", "-- Counter 1 calls; counter 3 calls for certificates --")
     office.press("1", "call_next", expect=family)
@@ -514,6 +519,7 @@ def _run(args) -> int:
             + "".join(f"  {n}番窓口の表示 display  http://127.0.0.1:{office.displays[n]}/\n" for n, *_ in COUNTERS)
             + "".join(f"  {n}番窓口コンソール console  {office.central}/console/{n}\n" for n, *_ in COUNTERS)
             + f"  領収書の画像 receipts  {office.receipts}/\n"
+            + f"  待合室の表示 lobby board {office.central}/board\n"
             + f"  経理 accounting        {office.central}/accounting/day  /accounting/reconcile  /accounting/kpi\n"
             + "  API (OpenAPI)        " + office.central + "/openapi.json\n"
             + f"  作業フォルダ logs      {workdir}\n",

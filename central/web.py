@@ -397,6 +397,14 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
     catalog = central.ledger.catalog if central.ledger else None
     app.include_router(accounting_router(engine.store, site, catalog))
     app.include_router(reconcile_router(engine.store, site, catalog))
+    # What visitors see (issue #6): the lobby board.
+    from central.board_web import board_router
+
+    app.include_router(board_router(central))
+    # The visitor's phone page (issue #6), from the QR code on the ticket.
+    from central.visit_web import visit_router
+
+    app.include_router(visit_router(engine, site))
 
     @app.get("/", response_class=HTMLResponse)
     async def overview():

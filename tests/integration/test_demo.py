@@ -23,4 +23,5 @@ def test_demo_runs_its_scripted_morning():
     assert "600円を取り消しました" in out  # a same-day void
     assert "過不足 -10円" in out  # the day close on last month's synthetic data
     assert "🔎 明細照合" in out and "照合 " in out
+    assert "/t/" in out and "📱" in out  # the visitor's page link of a ticket
     assert "demo script finished" in out
