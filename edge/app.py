@@ -238,6 +238,9 @@ class EdgeDaemon:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         cfg = self.config
+        if cfg.device.role == "kiosk":  # a ticket kiosk: page + printer + MQTT only (edge/kiosk.py)
+            from edge.kiosk import run_kiosk
+            return await run_kiosk(self)
         try:
             try:
                 self.display = self._make_display()

@@ -26,7 +26,7 @@ class Strict(BaseModel):
 class DeviceSettings(Strict):
     id: Id
     site: Id
-    role: Literal["counter"]  # kiosk and lobby roles: issues #6
+    role: Literal["counter", "kiosk"]  # the lobby (voice) role: issue #6
     counter: Id | None = None
     #: What the display's header says, e.g. "1番窓口" / "Counter 1".
     counter_name_ja: str = Field(default="", max_length=20)
@@ -163,6 +163,20 @@ class PrinterSettings(Strict):
         return self
 
 
+class KioskSettings(Strict):
+    """The kiosk role's [kiosk] section (docs/kiosk.md)."""
+
+    #: central's HTTP API, e.g. "http://central.local:8000" (the kiosk POSTs /api/v1/tickets).
+    central_url: str = Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$", max_length=200)
+    #: The QR on the ticket is this + the ticket's token, e.g. "https://madoguchi.example/t/".
+    public_url: str = Field(pattern=r"^https?://[^\s?#]+$", max_length=200)
+    #: The local touch page (Chromium in kiosk mode on the same Pi).
+    host: str = "127.0.0.1"
+    port: int = Field(default=8102, ge=0, le=65535)
+    #: How long a request to central may take before the visitor is told to ask staff.
+    request_timeout_s: float = Field(default=5.0, ge=0.5, le=30)
+
+
 class EdgeConfig(Strict):
     device: DeviceSettings
     mqtt: MqttSettings = MqttSettings()
@@ -172,6 +186,13 @@ class EdgeConfig(Strict):
     payments: PaymentSettings = PaymentSettings()
     terminal: TerminalSettings = TerminalSettings()
     printer: PrinterSettings = PrinterSettings()
+    kiosk: KioskSettings | None = None
+
+    @model_validator(mode="after")
+    def _kiosk(self) -> EdgeConfig:
+        if self.device.role == "kiosk" and self.kiosk is None:
+            raise ValueError("a kiosk device needs a [kiosk] section")
+        return self
 
 
 def load(path: str | Path) -> tuple[EdgeConfig, str]:
