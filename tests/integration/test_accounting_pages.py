@@ -10,13 +10,13 @@ the KPI page draws its charts.
 from __future__ import annotations
 
 import io
-import time
 import urllib.request
 import uuid
 
 import pytest
 
 from tests.support.browser import require_chromium
+from tests.support.procs import wait_for
 
 require_chromium()
 
@@ -29,17 +29,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 @pytest.fixture
 def page(new_page):
     return new_page(width=1100, height=1000)
-
-
-def wait_for(fn, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not reached in {timeout} s (last: {last!r})")
 
 
 def cash(central, lines, tendered):

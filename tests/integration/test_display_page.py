@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from drivers.display import HdmiDisplay, Screen
-
 from tests.support.browser import require_chromium
 
 require_chromium()

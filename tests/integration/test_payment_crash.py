@@ -15,11 +15,10 @@ import time
 
 import pytest
 
+from tests.conftest import zvt_toml
 from tests.integration.test_payment_terminal import approved_sales
 from tests.integration.test_payments import charge, payment, wait_for
 from tests.support.procs import EdgeProcess
-
-from tests.conftest import zvt_toml
 
 pytestmark = pytest.mark.timeout(120)
 

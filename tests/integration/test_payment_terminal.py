@@ -15,9 +15,8 @@ import time
 import pytest
 
 from drivers.terminal.base import Outcome, TxKind
-from tests.integration.test_payments import charge, payment, wait_state
-
 from tests.conftest import zvt_toml
+from tests.integration.test_payments import charge, payment, wait_state
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,19 +19,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from drivers.buttons import press
+from tests.support.procs import wait_for
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def wait_for(fn, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not reached in {timeout} s (last: {last!r})")
 
 
 def payment(central, pid):

@@ -17,8 +17,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from drivers.printer import FakeEscposPrinter
-from tests.integration.test_payments import charge, wait_for, wait_state
 from tests.conftest import zvt_toml
+from tests.integration.test_payments import charge, wait_for, wait_state
 from tests.support.procs import EdgeProcess
 
 pytestmark = pytest.mark.timeout(90)

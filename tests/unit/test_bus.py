@@ -7,17 +7,18 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bus import MAX_PAYLOAD_BYTES, PayloadError, decode, encode
 from bus.models import (
+    DeviceState,
     DisplayCommand,
     DisplayMode,
     Intent,
     IntentEvent,
     Status,
-    DeviceState,
     command_expiry,
     utcnow,
 )
