@@ -14,7 +14,9 @@ from pathlib import Path
 
 from bus.sqlitedb import Database
 
+from central.schema_auth import AUTH_SQL
 from central.schema_dayclose import DAYCLOSE_SQL
+from central.schema_fleet import FLEET_SQL
 from central.schema_reconcile import RECONCILE_SQL
 
 logger = logging.getLogger(__name__)
@@ -154,6 +156,10 @@ SCHEMA = [
     DAYCLOSE_SQL,
     # 4: statement import and reconciliation, issue #4 — central/schema_reconcile.py
     RECONCILE_SQL,
+    # 5: the fleet — devices, requests, audit, alerts, issue #7 — central/schema_fleet.py
+    FLEET_SQL,
+    # 6: staff accounts and login sessions, issue #7 — central/schema_auth.py
+    AUTH_SQL,
 ]
 
 
