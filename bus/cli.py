@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="debug log output"
     )
+    parser.add_argument(
+        "--log-target", choices=("auto", "journal", "console"), default="auto",
+        help="where the log goes: auto = the systemd journal when run by systemd, else stderr (default: %(default)s)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
         try:
@@ -45,13 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(debug: bool) -> None:
-    level = logging.DEBUG if debug else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+def setup_logging(debug: bool, target: str = "auto", identifier: str = "madoguchi") -> None:
+    """stderr, or the journal with structured fields under systemd (bus/sdnotify.py)."""
+    from bus.sdnotify import setup_logging as _setup
+
+    _setup(logging.DEBUG if debug else logging.INFO, target=target, identifier=identifier)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.log_target, f"madoguchi-{args.command}")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
