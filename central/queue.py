@@ -22,6 +22,7 @@ better ones on the same engine.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
 import secrets
@@ -446,6 +447,22 @@ class QueueEngine:
     # ------------------------------------------------------------------ tickets
     def issue(self, procedures: list[str], *, source: str = "api") -> TicketView:
         """Issue one ticket for ``procedures`` (kiosk, floor manager, API)."""
+        return self._issue(procedures, source=source, key=None)[0]
+
+    def issue_once(self, procedures: list[str], *, key: str, source: str = "api") -> tuple[TicketView, bool]:
+        """Issue a ticket at most once per idempotency ``key`` (a kiosk's retry
+        after a timeout or a restart).  Returns the ticket and whether it is
+        the one issued earlier for the same key (a replay).
+
+        The key is kept in ``seen_events`` (as ``ticket:<key>``, pruned after
+        two days, like every event id) in the issuing transaction; its row's
+        ``device`` column says what the key produced: ``ticket:<id>:<hash of
+        the procedures>``.  Raises ``QueueError("conflict")`` when the key was
+        used for other procedures.
+        """
+        return self._issue(procedures, source=source, key=key)
+
+    def _issue(self, procedures: list[str], *, source: str, key: str | None) -> tuple[TicketView, bool]:
         if not procedures:
             raise QueueError("invalid", "手続を選んでください", "choose at least one procedure")
         if len(procedures) > MAX_PROCEDURES:
@@ -458,7 +475,21 @@ class QueueEngine:
         services = self._itinerary(procedures)
         now = self.clock()
         day = self.today(now)
+        event_id = f"ticket:{key}" if key is not None else None
+        request = hashlib.sha256(json.dumps(list(procedures)).encode()).hexdigest()[:16]
         with self.store.transaction() as db:
+            if event_id is not None:
+                seen = db.execute("SELECT device FROM seen_events WHERE event_id=?", (event_id,)).fetchone()
+                if seen is not None:
+                    _, ticket_id, was = (seen["device"].split(":") + ["", ""])[:3]
+                    if was != request or not ticket_id.isdigit():
+                        raise QueueError("conflict", "この Idempotency-Key は別の手続の発券に使われています",
+                                         "this Idempotency-Key was used for other procedures")
+                    row = self._ticket_row(db, int(ticket_id))
+                    if row is None:  # pragma: no cover - tickets are never deleted
+                        raise QueueError("not_found", "整理券が見つかりません", "the ticket of this key is gone")
+                    logger.info("ticket %d: issue retried with the same key, answered again", row["number"])
+                    return self._ticket_view(db, row), True
             self._release_away(db, now)
             row = db.execute(
                 "SELECT last FROM day_numbers WHERE site=? AND day=?", (self.site.site.id, day)
@@ -492,8 +523,11 @@ class QueueEngine:
                 )
             ticket = self._ticket_row(db, ticket_id)
             self._log(db, now, "issue", source=source, ticket=ticket, detail={"services": services})
+            if event_id is not None:
+                db.execute("INSERT INTO seen_events (event_id, device, at) VALUES (?, ?, ?)",
+                           (event_id, f"ticket:{ticket_id}:{request}", _iso(now)))
         logger.info("ticket %d issued: %s", number, " → ".join(services))
-        return self.ticket(number, day)
+        return self.ticket(number, day), False
 
     def _itinerary(self, procedures: list[str]) -> list[str]:
         """Services of the procedures, once each, ordered so that 'after' holds

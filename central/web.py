@@ -233,8 +233,20 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         }
 
     @app.post("/api/v1/tickets", status_code=201, response_model=TicketOut)
-    async def issue_ticket(body: IssueRequest):
-        ticket = engine.issue(body.procedures, source="api")
+    async def issue_ticket(
+        body: IssueRequest,
+        idempotency_key: Annotated[str | None, Header(
+            pattern=r"^[A-Za-z0-9_-]{8,64}$",
+            description="retry-safe issuing (the kiosk): the same key with the same procedures answers the same "
+                        "ticket (200); with other procedures 409.  Kept two days.")] = None,
+    ):
+        if idempotency_key is None:
+            ticket = engine.issue(body.procedures, source="api")
+        else:
+            ticket, replayed = engine.issue_once(body.procedures, key=idempotency_key, source="api")
+            if replayed:  # the first answer was lost on the way: the same ticket, nothing new issued
+                out = ticket_out(ticket, with_token=True, estimate=True)
+                return JSONResponse(out.model_dump(mode="json"), status_code=200)
         central.apply_issue(ticket)
         return ticket_out(ticket, with_token=True, estimate=True)
 
@@ -405,6 +417,9 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
     from central.visit_web import visit_router
 
     app.include_router(visit_router(engine, site))
+    from central.fleet_web import fleet_router  # IT's admin page and the fleet API (issue #7)
+
+    app.include_router(fleet_router(central))
 
     @app.get("/", response_class=HTMLResponse)
     async def overview():

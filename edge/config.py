@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints,
 
 from bus.configfile import ConfigError, TimeZoneName, digest, load_toml
 from bus.models import Intent
+from bus.tls import MQTTS_PORT, TlsSettings
 from bus.topics import ID_PATTERN
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
@@ -26,7 +27,7 @@ class Strict(BaseModel):
 class DeviceSettings(Strict):
     id: Id
     site: Id
-    role: Literal["counter", "kiosk"]  # the lobby (voice) role: issue #6
+    role: Literal["counter", "kiosk", "lobby"]  # lobby: voice announcements (docs/voice.md)
     counter: Id | None = None
     #: What the display's header says, e.g. "1番窓口" / "Counter 1".
     counter_name_ja: str = Field(default="", max_length=20)
@@ -44,12 +45,23 @@ class DeviceSettings(Strict):
 
 class MqttSettings(Strict):
     host: str = Field(default="127.0.0.1", min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\-\[\]]+$")
+    #: Left out: 1883, or 8883 with [mqtt.tls].
     port: int = Field(default=1883, ge=1, le=65535)
+    #: Left out: the device id (the broker knows each device by it, docs/security.md).
     username: str | None = None
     password: SecretStr | None = None
     keepalive_s: int = Field(default=10, ge=5, le=300)
     #: Reconnect back-off: random in [0, min(cap, 1.5 ** attempt)] seconds.
     reconnect_cap_s: float = Field(default=30.0, ge=1, le=600)
+    #: TLS to the broker, the broker's certificate always verified (bus/tls.py).
+    tls: TlsSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_port(cls, data):
+        if isinstance(data, dict) and data.get("tls") is not None and "port" not in data:
+            return {**data, "port": MQTTS_PORT}
+        return data
 
 
 class ButtonsSettings(Strict):
@@ -173,8 +185,60 @@ class KioskSettings(Strict):
     #: The local touch page (Chromium in kiosk mode on the same Pi).
     host: str = "127.0.0.1"
     port: int = Field(default=8102, ge=0, le=65535)
-    #: How long a request to central may take before the visitor is told to ask staff.
+    #: How long one request to central may take before it is sent again (same Idempotency-Key).
     request_timeout_s: float = Field(default=5.0, ge=0.5, le=30)
+    #: How long the visitor waits in all (retries with the same key) before being told to ask staff.
+    issue_deadline_s: float = Field(default=15.0, ge=1, le=25)
+    #: The kiosk's ticket journal (SQLite): the key of each request before it is
+    #: sent, each issued ticket until it is on paper.  On the Pi's own storage.
+    journal: Path = Path("/var/lib/madoguchi/kiosk.db")
+    #: After a restart, a request whose answer never came is sent again (same
+    #: key) only if it is younger than this; older ones are given up and logged.
+    resume_within_s: float = Field(default=300.0, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _deadline(self) -> KioskSettings:
+        if self.issue_deadline_s < self.request_timeout_s:
+            raise ValueError("kiosk issue_deadline_s must be at least request_timeout_s")
+        return self
+
+
+class VoiceSettings(Strict):
+    """The lobby role's [voice] section (docs/voice.md)."""
+
+    #: Open JTalk's dictionary folder (Debian open-jtalk-mecab-naist-jdic).
+    dictionary: Path = Path("/var/lib/mecab/dic/open-jtalk/naist-jdic")
+    #: The HTS voice (Debian non-free hts-voice-nitech-jp-atr503-m001, or any .htsvoice).
+    voice: Path = Path("/usr/share/hts-voice/nitech-jp-atr503-m001/nitech_jp_atr503_m001.htsvoice")
+    #: Japanese speech rate (Open JTalk -r; 1.0 normal, 0.9 a little slower).
+    speed: float = Field(default=1.0, ge=0.5, le=2.0)
+    #: The English sentence after the Japanese (espeak-ng), and its voice.
+    english: bool = True
+    espeak_voice: str = Field(default="en-us", pattern=r"^[a-z]{2,3}(-[a-z0-9]{1,8}){0,3}(\+[a-z0-9]{1,16})?$")
+    #: The two-tone chime (ピンポン) before each announcement.
+    chime: bool = True
+    #: Linear gain of the whole announcement after normalising to -1 dBFS.
+    volume: float = Field(default=0.8, gt=0, le=1.0)
+    #: The ALSA device given to aplay -D: "default", "plughw:CARD=Headphones", "null" ...
+    device: str = Field(default="default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:,=\-]+$")
+    #: The player; "{device}" and "{wav}" are replaced.  Another command (e.g. the
+    #: recording fake, python -m drivers.voice.record) for machines without sound.
+    player: list[Annotated[str, StringConstraints(min_length=1, max_length=300)]] = Field(
+        default_factory=lambda: ["aplay", "-q", "-D", "{device}", "{wav}"], min_length=1, max_length=20)
+    #: Announcements that may wait while one plays; one more drops the oldest
+    #: waiting first call (a recall is kept over a first call).
+    max_queue: int = Field(default=5, ge=1, le=50)
+    #: The same call (ticket, counter, recall) again within this time is not repeated.
+    dedupe_s: float = Field(default=5.0, ge=0, le=120)
+    #: A call older than this when central published the board is not announced
+    #: (the board re-sent after a restart is not a new call).
+    max_age_s: float = Field(default=30.0, ge=1, le=600)
+
+    @model_validator(mode="after")
+    def _player(self) -> VoiceSettings:
+        if not any("{wav}" in arg for arg in self.player):
+            raise ValueError("voice player needs an argument with {wav} (where the WAV file goes)")
+        return self
 
 
 class EdgeConfig(Strict):
@@ -187,11 +251,18 @@ class EdgeConfig(Strict):
     terminal: TerminalSettings = TerminalSettings()
     printer: PrinterSettings = PrinterSettings()
     kiosk: KioskSettings | None = None
+    voice: VoiceSettings = VoiceSettings()
 
     @model_validator(mode="after")
     def _kiosk(self) -> EdgeConfig:
         if self.device.role == "kiosk" and self.kiosk is None:
             raise ValueError("a kiosk device needs a [kiosk] section")
+        return self
+
+    @model_validator(mode="after")
+    def _lobby(self) -> EdgeConfig:
+        if self.device.role == "lobby" and self.device.counter is not None:
+            raise ValueError("a lobby device has no 'counter' (it announces the calls of every counter)")
         return self
 
 
