@@ -241,6 +241,9 @@ class EdgeDaemon:
         if cfg.device.role == "kiosk":  # a ticket kiosk: page + printer + MQTT only (edge/kiosk.py)
             from edge.kiosk import run_kiosk
             return await run_kiosk(self)
+        if cfg.device.role == "lobby":  # lobby announcements: voice + MQTT only (edge/lobby.py)
+            from edge.lobby import run_lobby
+            return await run_lobby(self)
         try:
             try:
                 self.display = self._make_display()
