@@ -228,6 +228,9 @@ class KioskRole:
         ]
         for t in self._threads:
             t.start()
+        with self._lock:
+            if self._waiting or self._unresolved:  # left by the last run: at once, not after the first tick
+                self._pool.submit(self._retry)
         logger.info("%s: kiosk page on %s", self.device, self.url)
 
     @property
@@ -818,7 +821,7 @@ async def run_kiosk(daemon) -> int:
         daemon.session = EdgeSession(
             daemon.topics, cfg.device.id, daemon.boot_id,
             host=cfg.mqtt.host, port=cfg.mqtt.port, username=cfg.mqtt.username,
-            password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None,
+            password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None, tls=cfg.mqtt.tls,
             keepalive_s=cfg.mqtt.keepalive_s, reconnect_cap_s=cfg.mqtt.reconnect_cap_s,
             subscriptions=[daemon.topics.device_commands(cfg.device.id)],
             retained=daemon._retained,

@@ -33,7 +33,7 @@ import pytest
 from bus.configfile import parse_toml
 from drivers.printer import FakeEscposPrinter, PrinterNotReady
 from edge.config import EdgeConfig
-from edge.kiosk import KioskJournal
+from edge.kiosk import RETRY_S, KioskJournal
 from tests.support.browser import require_chromium
 from tests.support.edges import RunningEdge
 from tests.support.procs import free_port, stop_process, wait_for
@@ -283,7 +283,7 @@ def test_a_number_issued_but_not_printed_is_shown_and_printed_later_once(central
     assert [t["number"] for t in central.get("/api/v1/tickets")] == [number]
     job = printer.wait_for_jobs(1, timeout=10)[0]  # the retry
     assert str(number).encode() in job and QR in job
-    time.sleep(2.5)
+    time.sleep(RETRY_S + 0.5)  # a retry round: nothing more
     assert len(printer.jobs) == 1
 
 
@@ -455,7 +455,7 @@ def test_killed_after_central_issued_prints_that_ticket_once_after_restart(centr
     job = printer.wait_for_jobs(1, timeout=15)[0]
     assert str(issued[0]["number"]).encode() in job and QR in job and REPRINT not in job
     wait_for(lambda: k.status()["ready"], 10, "kiosk ready again")
-    time.sleep(2.5)  # a few retry rounds: nothing more
+    time.sleep(RETRY_S + 0.5)  # a retry round: nothing more
     assert len(printer.jobs) == 1
     assert [t["number"] for t in central.get("/api/v1/tickets")] == [issued[0]["number"]]
 
