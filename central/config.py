@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, model_validator
 
 from bus.configfile import ConfigError, TimeZoneName, digest, load_toml
+from bus.tls import MQTTS_PORT, TlsSettings
 from bus.topics import ID_PATTERN
 
 Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
@@ -169,11 +170,22 @@ def _find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
 
 class MqttSettings(Strict):
     host: str = "127.0.0.1"
+    #: Left out: 1883, or 8883 with [mqtt.tls].
     port: int = Field(default=1883, ge=1, le=65535)
     client_id: Id = "central"
+    #: Left out: the client id (the broker binds the two, docs/security.md).
     username: str | None = None
     password: SecretStr | None = None
     keepalive_s: int = Field(default=15, ge=5, le=600)
+    #: TLS to the broker, the broker's certificate always verified (bus/tls.py).
+    tls: TlsSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_port(cls, data):
+        if isinstance(data, dict) and data.get("tls") is not None and "port" not in data:
+            return {**data, "port": MQTTS_PORT}
+        return data
 
 
 class HttpSettings(Strict):

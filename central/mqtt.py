@@ -28,6 +28,7 @@ from paho.mqtt.properties import Properties
 
 from bus import encode
 from bus.models import CentralStatus, DeviceState, Message, utcnow
+from bus.tls import TlsSettings, client_context
 from bus.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class CentralLink:
         client_id: str,
         username: str | None = None,
         password: str | None = None,
+        tls: TlsSettings | None = None,
         keepalive_s: int = 15,
         on_message: Callable[[Incoming], None],
         on_connected: Callable[[], None],
@@ -76,8 +78,11 @@ class CentralLink:
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
-        if username:
-            self.client.username_pw_set(username, password)
+        # The broker binds central's username to its client id (docs/security.md).
+        self.client.username_pw_set(username or client_id, password)
+        if tls is not None:
+            # Verifies the broker's certificate and host name (bus/tls.py).
+            self.client.tls_set_context(client_context(tls))
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.max_queued_messages_set(10000)
         will = CentralStatus(state=DeviceState.OFFLINE, boot_id=self.boot_id)
@@ -104,6 +109,12 @@ class CentralLink:
         subs = [
             (self.topics.all_devices("event"), 1),
             (self.topics.all_devices("status"), 1),
+            # The fleet (central/fleet.py): what each device is, its health,
+            # and every IT request and answer, for the registry and the audit.
+            (self.topics.all_devices("info"), 1),
+            (self.topics.all_devices("health"), 1),
+            (self.topics.all_devices("req"), 1),
+            (self.topics.all_devices("res"), 1),
         ]
         client.subscribe(subs)
         birth = CentralStatus(state=DeviceState.ONLINE, boot_id=self.boot_id, since=utcnow())
@@ -145,6 +156,16 @@ class CentralLink:
             props = Properties(PacketTypes.PUBLISH)
             props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
         self.client.publish(topic, encode(message), qos=qos, retain=retain, properties=props)
+
+    def publish_request(self, topic: str, payload: bytes, *, response_topic: str, correlation: bytes,
+                        expiry_s: float) -> None:
+        """An IT request (MQTT v5 request/response): the device answers on
+        ``response_topic`` with ``correlation`` as CorrelationData."""
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
+        props.ResponseTopic = response_topic
+        props.CorrelationData = correlation
+        self.client.publish(topic, payload, qos=1, properties=props)
 
     def stop(self) -> None:
         """Say goodbye (retained offline) and disconnect cleanly."""

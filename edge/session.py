@@ -34,6 +34,7 @@ from paho.mqtt.properties import Properties
 
 from bus import encode
 from bus.models import DeviceState, Message, Status, utcnow
+from bus.tls import TlsSettings, client_context
 from bus.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ ERROR_AFTER_S = 300.0
 class Received:
     topic: str
     payload: bytes
+    #: MQTT v5 request/response properties (IT requests, edge/fleet.py).
+    response_topic: str | None = None
+    correlation: bytes | None = None
 
 
 def backoff(attempt: int, cap: float) -> float:
@@ -103,6 +107,7 @@ class EdgeSession:
         port: int,
         username: str | None = None,
         password: str | None = None,
+        tls: TlsSettings | None = None,
         keepalive_s: int = 10,
         reconnect_cap_s: float = 30.0,
         subscriptions: list[str],
@@ -134,8 +139,12 @@ class EdgeSession:
         self._attempt = 0
         self._unreachable_since: float | None = None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5)
-        if username:
-            self.client.username_pw_set(username, password)
+        # The broker knows a device by its id: username = client id = device id.
+        self.client.username_pw_set(username or device, password)
+        if tls is not None:
+            # Verifies the broker's certificate and host name (bus/tls.py);
+            # a failed handshake is an OSError and retried like a refused connection.
+            self.client.tls_set_context(client_context(tls))
         will = Status(state=DeviceState.OFFLINE, boot_id=boot_id)
         self.client.will_set(topics.status(device), encode(will), qos=1, retain=True)
         self.client.on_connect = self._connected
@@ -215,7 +224,11 @@ class EdgeSession:
             self._hand_over(self._on_disconnected)
 
     def _message(self, client, userdata, msg) -> None:
-        self._hand_over(self._on_message, Received(msg.topic, bytes(msg.payload)))
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        self._hand_over(self._on_message, Received(msg.topic, bytes(msg.payload), response_topic,
+                                                   bytes(correlation) if correlation is not None else None))
 
     def _hand_over(self, fn, *args) -> None:
         loop = self._loop
@@ -238,14 +251,19 @@ class EdgeSession:
         (nothing is queued then)."""
         return self.publish_raw(topic, encode(message), qos=qos, retain=retain, expiry_s=expiry_s)
 
-    def publish_raw(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, expiry_s: float | None = None) -> bool:
-        """Like :meth:`publish` for an already encoded payload (the outbox)."""
+    def publish_raw(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, expiry_s: float | None = None,
+                    correlation: bytes | None = None) -> bool:
+        """Like :meth:`publish` for an already encoded payload (the outbox).
+        ``correlation``: the v5 CorrelationData of an answer to a request."""
         if not self.connected:
             return False
         props = None
-        if expiry_s is not None:
+        if expiry_s is not None or correlation is not None:
             props = Properties(PacketTypes.PUBLISH)
+        if expiry_s is not None:
             props.MessageExpiryInterval = max(1, math.ceil(expiry_s))
+        if correlation is not None:
+            props.CorrelationData = correlation
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 

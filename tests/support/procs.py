@@ -68,18 +68,24 @@ def mosquitto_binary() -> str:
 
 @dataclass
 class Broker:
-    """A private Mosquitto on a loopback port."""
+    """A private Mosquitto on a loopback port.
+
+    ``include_dir``: a folder of Mosquitto settings (``madoguchi broker init``)
+    that brings its own listeners, TLS, users and ACLs; ``port`` must then be
+    one of its listeners (the one waited for)."""
 
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    include_dir: Path | None = None
 
     def start(self) -> "Broker":
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
+        listeners = (f"include_dir {self.include_dir}\n" if self.include_dir is not None
+                     else f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            listeners +
             "persistence false\n"
             # Without this, Nagle's algorithm meets delayed ACKs and a QoS 1
             # round-trip costs ~40-90 ms instead of ~1 ms (see docs/benchmarks.md).
@@ -103,10 +109,12 @@ class Broker:
         self.proc = None
 
 
-def central_toml(workdir: Path, broker_port: int, http_port: int, *, site: Path = SITE_TOML, database: Path | None = None, extra: str = "") -> Path:
+def central_toml(workdir: Path, broker_port: int, http_port: int, *, site: Path = SITE_TOML, database: Path | None = None, extra: str = "",
+                 mqtt_extra: str = "") -> Path:
     """A central.toml for a test.  Each gets its own MQTT client id, so the
     persistent session of one test's central never feeds another's.  The
-    repo's site gets the repo's fee catalog too."""
+    repo's site gets the repo's fee catalog too.  ``mqtt_extra``: [mqtt] keys
+    in place of that random client id (credentials, TLS, a fixed client id)."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "central.toml"
     fees = (f'fees_file = "{REPO / "config" / "fees.toml"}"\nbrands_file = "{REPO / "config" / "brands.toml"}"\n'
@@ -117,7 +125,7 @@ def central_toml(workdir: Path, broker_port: int, http_port: int, *, site: Path 
         f'database = "{database or workdir / "central.db"}"\n'
         "[mqtt]\n"
         f"port = {broker_port}\n"
-        f'client_id = "central-{os.urandom(4).hex()}"\n'
+        + (mqtt_extra or f'client_id = "central-{os.urandom(4).hex()}"\n') +
         "keepalive_s = 5\n"
         "[http]\n"
         f"port = {http_port}\n" + extra
@@ -133,17 +141,20 @@ class CentralProcess:
     http_port: int
     log_path: Path
     proc: subprocess.Popen | None = None
+    env: dict | None = None  # added to os.environ (e.g. NOTIFY_SOCKET)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, *, wait_mqtt: bool = True) -> "CentralProcess":
+    def start(self, *, wait_mqtt: bool = True, wait: bool = True) -> "CentralProcess":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bus.cli", "central", "--config", str(self.config)],
-            stdout=self.log, stderr=self.log, cwd=REPO,
+            stdout=self.log, stderr=self.log, cwd=REPO, env={**os.environ, **(self.env or {})},
         )
+        if not wait:  # the caller watches for itself (tests/integration/test_sdnotify.py)
+            return self
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -205,6 +216,7 @@ class EdgeProcess:
     extra: str = ""
     env: dict | None = None
     proc: subprocess.Popen | None = None
+    mqtt_extra: str = ""  # more [mqtt] keys (credentials, TLS)
 
     @property
     def config(self) -> Path:
@@ -223,7 +235,7 @@ class EdgeProcess:
         self.config.write_text(
             f'[device]\nid = "{self.device}"\nsite = "midori"\nrole = "counter"\ncounter = "{self.counter}"\n'
             f'counter_name_ja = "{self.counter}番窓口"\ncounter_name_en = "Counter {self.counter}"\n'
-            f"[mqtt]\nport = {self.broker_port}\nkeepalive_s = 5\nreconnect_cap_s = 1\n"
+            f"[mqtt]\nport = {self.broker_port}\nkeepalive_s = 5\nreconnect_cap_s = 1\n" + self.mqtt_extra +
             '[buttons]\ndriver = "mock"\n[display]\ndriver = "log"\n'
             f'[payments]\njournal = "{self.journal}"\noffice_ja = "みどり市役所 市民課"\n' + self.extra,
             encoding="utf-8",
