@@ -1,16 +1,18 @@
 """``madoguchi demo``: a simulated office on this machine.
 
 Starts a private Mosquitto on a loopback port, central on a fresh SQLite
-file, and three counter daemons whose GPIO is simulated (gpiozero's
-MockFactory), each serving its counter display page.  Then it plays a short
+file, three counter daemons whose GPIO is simulated (gpiozero's
+MockFactory), each serving its counter display page, and a ticket kiosk
+(its touch page, a simulated ticket printer).  Then it plays a short
 scripted morning — tickets issued, staff buttons pressed — narrating in the
 terminal what every counter display shows, and keeps running until Ctrl-C so
 you can press the buttons yourself on the display pages.
 
 Everything runs as real processes talking over the real bus; the script
-only does what a kiosk (HTTP API) and a finger (the on-screen buttons of a
-mock-GPIO counter) would do.  This module imports no edge code: the counters
-are ``madoguchi edge`` child processes.
+only does what a visitor at the kiosk (its page's API), a floor manager
+(central's HTTP API) and a finger (the on-screen buttons of a mock-GPIO
+counter) would do.  This module imports no edge code: the counters and the
+kiosk are ``madoguchi edge`` child processes.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ COUNTERS = (("1", "counter-1", "1番窓口", "Counter 1"), ("2", "counter-2", "2
 TERMINALS = {"1": "manual", "2": "none", "3": "sim"}
 METHODS_JA = {"cash": "現金", "credit": "クレジット", "emoney": "電子マネー", "qr": "QRコード決済"}
 GUARD_S = 0.9  # a little over the counters' double-press guard (800 ms)
+KIOSK = "kiosk-1"
 
 
 class DemoError(RuntimeError):
@@ -50,6 +53,7 @@ def demo_command(sub) -> None:
     p.add_argument("--speed", type=float, default=1.0, help="pause factor between script steps (0 = as fast as allowed)")
     p.add_argument("--http-port", type=int, default=8080, help="central's port if free (default: %(default)s)")
     p.add_argument("--display-port", type=int, default=8101, help="first counter display port if free (default: %(default)s)")
+    p.add_argument("--kiosk-port", type=int, default=8102 + len(COUNTERS), help="the kiosk page's port if free (default: %(default)s)")
     p.add_argument("--site", type=Path, default=REPO_SITE, help="site file (default: the sample site in config/)")
     p.add_argument("--exit-after-script", action="store_true", help="stop after the scripted morning (for tests)")
     p.add_argument("--keep", action="store_true", help="keep the working folder (logs, database) at exit")
@@ -109,6 +113,9 @@ class Office:
         self.displays: dict[str, int] = {}
         #: Where the simulated printers put a picture of each receipt.
         self.receipts = workdir / "receipts"
+        #: ... and the kiosk's printer, of each ticket.
+        self.tickets = workdir / "tickets"
+        self.kiosk_port = 0
         self.last_press: dict[tuple[str, str], float] = {}
         #: ticket number → its token (the visitor's page, from the ticket's QR code).
         self.tokens: dict[int, str] = {}
@@ -173,11 +180,29 @@ class Office:
                 encoding="utf-8",
             )
             self._spawn(device, [sys.executable, "-m", "bus.cli", "edge", "--config", str(config)])
+        self.kiosk_port = _port(self.args.kiosk_port)
+        config = self.work / f"{KIOSK}.toml"
+        config.write_text(
+            f'[device]\nid = "{KIOSK}"\nsite = "midori"\nrole = "kiosk"\n'
+            f"[mqtt]\nport = {self.broker_port}\n"
+            f'[payments]\njournal = "{self.work / (KIOSK + "-payments.db")}"\n'
+            f'[printer]\ndriver = "fake"\nfake_dir = "{self.tickets}"\n'
+            f'[kiosk]\ncentral_url = "{self.central}"\npublic_url = "{self.central}/t/"\nport = {self.kiosk_port}\n'
+            f'journal = "{self.work / (KIOSK + "-journal.db")}"\n',
+            encoding="utf-8",
+        )
+        self._spawn(KIOSK, [sys.executable, "-m", "bus.cli", "edge", "--config", str(config)])
         for counter, device, *_ in COUNTERS:
             _wait(lambda c=counter, d=device: self.display(c) is not None and self._online(d), f"{device}")
+        _wait(lambda: _http("GET", f"{self.kiosk}api/status")["ready"] and self._online(KIOSK), KIOSK)
+
+    @property
+    def kiosk(self) -> str:
+        return f"http://127.0.0.1:{self.kiosk_port}/"
 
     def _online(self, device: str) -> bool:
-        return _http("GET", f"{self.central}/api/v1/stats")["devices"][device]["state"] == "online"
+        known = _http("GET", f"{self.central}/api/v1/stats")["devices"].get(device)
+        return known is not None and known["state"] == "online"
 
     def display(self, counter: str) -> dict | None:
         return _http("GET", f"http://127.0.0.1:{self.displays[counter]}/state")["screen"]
@@ -210,6 +235,21 @@ class Office:
         say(f"🎫 発券 {ticket['number']:>3}番  {route}{ja_wait}",
             f"ticket {ticket['number']}: " + " → ".join(s["name_en"] for s in ticket["stops"]) + en_wait)
         return ticket["number"]
+
+    def kiosk_issue(self, *procedures: str) -> int:
+        """A visitor at the kiosk: the touch page's request, a printed ticket."""
+        printed = self.tickets_printed()
+        ticket = _http("POST", f"{self.kiosk}api/issue", {"procedures": list(procedures)}, timeout=30)
+        if not ticket.get("printed"):
+            raise DemoError(f"the kiosk did not print ticket {ticket.get('number')}: {ticket.get('message_en')}")
+        _wait(lambda: self.tickets_printed() > printed, "the kiosk's ticket printed", timeout=10)
+        say(f"🎫 発券機 {ticket['number']:>3}番  {' → '.join(ticket['counters'])}（券を印刷: "
+            f"{max(self.tickets.glob('*.png'))}）",
+            f"kiosk: ticket {ticket['number']} printed with its QR code (a picture of it is in the tickets folder)")
+        return ticket["number"]
+
+    def tickets_printed(self) -> int:
+        return len(list(self.tickets.glob("*.png"))) if self.tickets.exists() else 0
 
     def press(self, counter: str, intent: str, expect: int | None | str = "any") -> dict:
         """Press a counter's button (its mock GPIO pin) and wait for the display."""
@@ -282,7 +322,7 @@ def morning(office: Office) -> None:
     """The scripted morning.  Each press checks what the display shows."""
     say("── 8:30 開庁。来庁者が発券機で手続を選びます ──", "-- 8:30, doors open. Visitors pick their procedures at the kiosk --")
     family = office.issue("tennyu", "kokuho-kanyu", "jidoteate")  # moved in: 3 counters on one ticket
-    cert = office.issue("juminhyo")
+    cert = office.kiosk_issue("juminhyo")  # at the kiosk's touch page, printed
     mover = office.issue("tenkyo", "nenkin-henko")
     say(f"📱 {family}番の方のスマートフォン（整理券のQRコード）: {office.central}/t/{office.tokens[family]}",
         f"number {family}'s own page on their phone (the ticket's QR code)")
@@ -520,6 +560,7 @@ def _run(args) -> int:
             + "".join(f"  {n}番窓口コンソール console  {office.central}/console/{n}\n" for n, *_ in COUNTERS)
             + f"  領収書の画像 receipts  {office.receipts}/\n"
             + f"  待合室の表示 lobby board {office.central}/board\n"
+            + f"  発券機 ticket kiosk     {office.kiosk}  (券の画像 tickets {office.tickets}/)\n"
             + f"  経理 accounting        {office.central}/accounting/day  /accounting/reconcile  /accounting/kpi\n"
             + "  API (OpenAPI)        " + office.central + "/openapi.json\n"
             + f"  作業フォルダ logs      {workdir}\n",

@@ -11,7 +11,8 @@ from tests.support.procs import REPO
 
 def test_demo_runs_its_scripted_morning():
     result = subprocess.run(
-        [sys.executable, "-m", "bus.cli", "demo", "--speed", "0", "--exit-after-script", "--http-port", "0", "--display-port", "0"],
+        [sys.executable, "-m", "bus.cli", "demo", "--speed", "0", "--exit-after-script", "--http-port", "0", "--display-port", "0",
+         "--kiosk-port", "0"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -24,4 +25,6 @@ def test_demo_runs_its_scripted_morning():
     assert "過不足 -10円" in out  # the day close on last month's synthetic data
     assert "🔎 明細照合" in out and "照合 " in out
     assert "/t/" in out and "📱" in out  # the visitor's page link of a ticket
+    assert "🎫 発券機" in out and "券を印刷" in out and "証明書発行 (1番窓口・3番窓口)" in out  # the kiosk answered and printed
+    assert "発券機 ticket kiosk     http://127.0.0.1:" in out
     assert "demo script finished" in out

@@ -102,7 +102,7 @@ journal = "{tmp_path / 'kiosk.db'}"
     edge = RunningEdge(config).start()
     try:
         edge.wait(lambda: getattr(edge.daemon, "kiosk", None) is not None, 10, "kiosk up")
-        site, service_ja, service_en, proc_ja, proc_en, counter = HOSTILE.values()
+        site, service_ja, _service_en, proc_ja, proc_en, counter = HOSTILE.values()
 
         # The kiosk: header, buttons, confirmation, the number with its route.
         page = new_page(width=1080, height=1920)
