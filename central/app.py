@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from bus.configfile import ConfigError
+from bus.sdnotify import Notifier, set_journal_fields, write_probe
 from bus.topics import Topics
 from central import config as central_config
 from central.ledger import Ledger
@@ -32,6 +33,7 @@ async def serve(loaded: central_config.Loaded, *, database: Path | None = None, 
     cfg = loaded.config
     site = loaded.site
     store = Store(database or cfg.central.database)
+    notifier = Notifier()  # systemd: READY/STATUS/WATCHDOG/STOPPING (docs/systemd.md)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     link: CentralLink | None = None
@@ -70,6 +72,23 @@ async def serve(loaded: central_config.Loaded, *, database: Path | None = None, 
         link.start(loop)
         web = asyncio.create_task(server.serve(), name="http")
         logger.info("central for site %s: http://%s:%d/, broker %s:%d", site.site.id, cfg.http.host, port, cfg.mqtt.host, cfg.mqtt.port)
+
+        def status() -> str:
+            broker = "接続済み / broker connected" if link.connected else "接続中 / connecting to broker"
+            return f"http://{cfg.http.host}:{port}/; {broker} {cfg.mqtt.host}:{cfg.mqtt.port}"
+
+        probe = store.path.with_name(store.path.name + ".alive")
+
+        def unhealthy() -> str | None:
+            # Healthy = the loop turns, HTTP serves, the database's folder takes a write.
+            return "http server stopped" if web.done() else write_probe(probe)
+
+        # READY once the database is open and uvicorn listens; not waiting for the broker.
+        while not (server.started or web.done() or stop.is_set()):
+            await asyncio.sleep(0.02)
+        if server.started:
+            notifier.ready(status())
+            notifier.start_watchdog(unhealthy, name="watchdog")
         while not stop.is_set():
             if web.done():
                 exc = web.exception()
@@ -79,9 +98,11 @@ async def serve(loaded: central_config.Loaded, *, database: Path | None = None, 
                 await asyncio.wait_for(stop.wait(), TICK_S)
             except TimeoutError:
                 central.tick()
+                notifier.status(status())
         logger.info("central stopping")
         return 0
     finally:
+        notifier.stopping()
         if central is not None:
             central.close()
         if server is not None:
@@ -98,4 +119,5 @@ def run(config_path: str, *, database: str | None = None, http_port: int | None 
     except ConfigError as exc:
         logger.error("%s", exc)
         return EXIT_CONFIG
+    set_journal_fields(SITE=loaded.site.site.id)
     return asyncio.run(serve(loaded, database=Path(database) if database else None, http_port=http_port))

@@ -11,12 +11,14 @@ import logging
 import signal
 import time
 import uuid
+from pathlib import Path
 from zoneinfo import ZoneInfo
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from bus.configfile import ConfigError
 from bus.models import HealthState, Health, Info, PeripheralHealth, PeripheralInfo, Role, utcnow
+from bus.sdnotify import Notifier, set_journal_fields, write_probe
 from bus.topics import Topics
 from drivers.buttons import ButtonError, ButtonPanel, press
 from drivers.display import Display, DisplayError, HdmiDisplay, LogDisplay
@@ -92,6 +94,11 @@ class EdgeDaemon:
         self._stop: asyncio.Event | None = None
         self._last_health: dict | None = None
         self._fatal_reason: str | None = None
+        #: systemd (bus/sdnotify.py, docs/systemd.md): every role calls
+        #: :meth:`notify_ready` once its peripherals are up; a stop or a fatal
+        #: error sends STOPPING=1.
+        self.notifier = Notifier()
+        self._probe: Path | None = None
 
     # ------------------------------------------------------------ parts
     def _make_display(self) -> Display:
@@ -291,6 +298,7 @@ class EdgeDaemon:
             self.payments.start(self.loop)
             # Peripherals are up: the counter works (and says "connecting")
             # before the broker is reachable.  Offline-first.
+            self.notify_ready(writable=cfg.payments.journal)
             self.session.start(self.loop)
             logger.info("%s: counter %s ready (display %s)", cfg.device.id, cfg.device.counter,
                         getattr(self.display, "url", cfg.display.driver))
@@ -304,6 +312,7 @@ class EdgeDaemon:
                         logger.exception("%s: cannot publish health", cfg.device.id)
             return 1 if self._fatal_reason else 0
         finally:
+            self.notifier.stopping()
             if self.payments is not None:
                 self.payments.close()
             if self.printer_spool is not None:
@@ -321,15 +330,61 @@ class EdgeDaemon:
             if self.display is not None and self._display is None:
                 self.display.close()
 
+    # ------------------------------------------------------------ systemd
+    def notify_ready(self, *, writable: Path | None = None) -> None:
+        """READY=1 with a status line, and the watchdog (docs/systemd.md).
+        Each role calls it once its peripherals are up and before the MQTT
+        session starts: a counter works without the broker.  ``writable``:
+        the role's journal, whose folder must stay writable to count as healthy."""
+        self._probe = Path(writable).with_name(Path(writable).name + ".alive") if writable else None
+        self.notifier.ready(self._status_line())
+        self.notifier.start_watchdog(self.unhealthy, name=f"watchdog-{self.config.device.id}")
+
+    def unhealthy(self) -> str | None:
+        """Why systemd's watchdog must not be fed, or None.  Healthy = the
+        loop turns (the check runs on it), no fatal error, and the journal's
+        folder takes a write.  A missing broker or an empty printer is
+        degraded, not hung: a restart would not help, so it is not here."""
+        if self._fatal_reason:
+            return self._fatal_reason
+        if self._probe is not None:
+            return write_probe(self._probe)
+        return None
+
+    def _status_line(self) -> str:
+        """STATUS= for ``systemctl status``: the broker, what the counter
+        shows, each peripheral that is not ok."""
+        mqtt = f"{self.config.mqtt.host}:{self.config.mqtt.port}"
+        if self.session is not None and self.session.connected:
+            parts = [f"オンライン / online ({mqtt})"]
+        else:
+            parts = [f"接続中 / connecting to broker {mqtt}"]
+        screen = self.display.current if self.display is not None else None
+        if screen is not None and screen.number is not None:
+            parts.append(f"表示 / showing {screen.number}")
+        if screen is not None and screen.waiting is not None:
+            parts.append(f"待ち / waiting {screen.waiting}")
+        try:
+            health = self._health().peripherals
+        except Exception:  # a status line must never stop the daemon
+            logger.debug("%s: no health for the status line", self.config.device.id, exc_info=True)
+            health = {}
+        parts += [f"{name}: {h.reason or h.status.value}" for name, h in health.items()
+                  if h.status not in (HealthState.OK, HealthState.ABSENT)]
+        return "; ".join(parts)
+
     def _on_connected(self) -> None:
+        self.notifier.status(self._status_line())
         if self.payments is not None:
             self.payments.flush_outbox()
 
     def _on_disconnected(self) -> None:
+        self.notifier.status(self._status_line())
         if self.role is not None:
             self.role.on_disconnected()
 
     def _publish_health_if_changed(self) -> None:
+        self.notifier.status(self._status_line())
         if self.session is None or not self.session.connected:
             return
         health = self._health()
@@ -341,11 +396,13 @@ class EdgeDaemon:
     def _fatal(self, reason: str) -> None:
         logger.error("%s: stopping: %s", self.config.device.id, reason)
         self._fatal_reason = reason
+        self.notifier.stopping(f"停止中 / stopping: {reason}")
         if self._stop is not None:
             self._stop.set()
 
     def request_stop(self) -> None:
         """Thread-safe: ask :meth:`run` to finish."""
+        self.notifier.stopping()
         if self.loop is not None and self._stop is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._stop.set)
 
@@ -356,6 +413,7 @@ def run(config_path: str) -> int:
     except ConfigError as exc:
         logger.error("%s", exc)
         return EXIT_CONFIG
+    set_journal_fields(SITE=config.device.site, DEVICE=config.device.id, COUNTER=config.device.counter)
     daemon = EdgeDaemon(config, config_hash=config_hash)
 
     async def main() -> int:
