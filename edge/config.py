@@ -208,7 +208,7 @@ class VoiceSettings(Strict):
 
     #: Open JTalk's dictionary folder (Debian open-jtalk-mecab-naist-jdic).
     dictionary: Path = Path("/var/lib/mecab/dic/open-jtalk/naist-jdic")
-    #: The HTS voice (Debian non-free hts-voice-nitech-jp-atr503-m001, or any .htsvoice).
+    #: The HTS voice (Debian contrib hts-voice-nitech-jp-atr503-m001, or any .htsvoice).
     voice: Path = Path("/usr/share/hts-voice/nitech-jp-atr503-m001/nitech_jp_atr503_m001.htsvoice")
     #: Japanese speech rate (Open JTalk -r; 1.0 normal, 0.9 a little slower).
     speed: float = Field(default=1.0, ge=0.5, le=2.0)

@@ -24,6 +24,8 @@ decides what to announce.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -42,6 +44,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_COMMAND = ("aplay", "-q", "-D", "{device}", "{wav}")
 #: A drop (full queue) is reported in health for this long.
 DROP_WARNING_S = 60.0
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the player and everything it started (its own session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # already gone
+        pass
 
 
 @dataclass(frozen=True)
@@ -242,8 +252,10 @@ class Announcer(Closeable):
             if self._closed:
                 return
             try:
+                # Its own process group: a wrapper script's children are
+                # stopped with it (and do not hold its stderr open).
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
+                                        stderr=subprocess.PIPE, start_new_session=True)
             except OSError as exc:
                 proc = None
                 error = f"cannot start {argv[0]}: {exc}"
@@ -255,7 +267,7 @@ class Announcer(Closeable):
         try:
             _, err = proc.communicate(timeout=duration_s + self.play_timeout_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             _, err = proc.communicate()
             self._finished(item, started, duration_s, parts,
                            f"{argv[0]} did not finish within {duration_s + self.play_timeout_s:.0f} s: killed",
@@ -292,7 +304,7 @@ class Announcer(Closeable):
             proc = self._proc
             self._wake.notify_all()
         if proc is not None and proc.poll() is None:
-            proc.terminate()
+            _signal_group(proc, signal.SIGTERM)
         self._thread.join(5.0)
         if self._thread.is_alive():
             logger.warning("%s: voice worker did not stop within 5 s", self.name)

@@ -2,7 +2,7 @@
 
 * Japanese: Open JTalk (Debian ``open-jtalk``) with the NAIST dictionary
   (``open-jtalk-mecab-naist-jdic``) and an HTS voice (by default Debian's
-  ``hts-voice-nitech-jp-atr503-m001``, in non-free: docs/voice.md).  It writes
+  ``hts-voice-nitech-jp-atr503-m001``, in contrib: docs/voice.md).  It writes
   48 kHz mono.
 * English: espeak-ng (22.05 kHz mono).
 * SoX converts each part to 48 kHz / 16 bit / mono, normalises it to -1 dBFS,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -278,6 +279,35 @@ def test_a_failing_or_missing_player_is_reported_and_the_queue_goes_on(chime_onl
         assert announcer.health()[:2] == ("error", "player_missing")
     with pytest.raises(ValueError):
         Announcer(chime_only, command=["aplay"])
+
+
+def test_a_hung_player_is_killed_and_the_queue_goes_on(chime_only, tmp_path):
+    # A wrapper script whose child hangs: the whole group is killed, or its
+    # child would keep the pipe open and the queue stuck for 30 s.
+    with Announcer(chime_only, command=["sh", "-c", "sleep 30; echo $0", "{wav}"], play_timeout_s=0.2) as announcer:
+        announcer.announce(Announcement(1, "1", "1番窓口"))
+        started = time.monotonic()
+        assert announcer.wait_idle(10)
+        assert time.monotonic() - started < chime_mod.DURATION_S + 3  # killed at length + 0.2 s
+        [played] = announcer.history
+        assert "did not finish" in played.error
+        assert announcer.health()[:2] == ("error", "player_hung")
+
+
+def test_the_lobby_config():
+    from bus.configfile import ConfigError, parse_toml
+    from edge.config import EdgeConfig
+
+    head = b'[device]\nid = "lobby-1"\nsite = "midori"\nrole = "lobby"\n'
+    config = parse_toml(head, EdgeConfig)
+    assert config.voice.player == ["aplay", "-q", "-D", "{device}", "{wav}"] and config.voice.max_queue == 5
+    for bad, why in ((head + b'counter = "1"\n', "has no 'counter'"),
+                     (head + b'[voice]\nplayer = ["aplay"]\n', "{wav}"),
+                     (head + b'[voice]\nvolume = 2\n', "volume"),
+                     (head + b'[voice]\ndevice = "hw:0; rm -rf /"\n', "device"),
+                     (head + b'[voice]\nvolum = 0.5\n', "did you mean 'volume'")):
+        with pytest.raises(ConfigError, match=re.escape(why)):
+            parse_toml(bad, EdgeConfig)
 
 
 def test_close_stops_a_playing_announcement(chime_only, tmp_path):
