@@ -17,7 +17,8 @@ without a restart.
 * ``add-device ID`` / ``revoke-device ID``: a device user (username = client id
   = device id, the client id bound by the plugin) with its own role.
 * ``add-admin NAME`` / ``revoke-admin NAME``: IT staff (``madoguchi devices``).
-* ``list``; ``server-cert`` renews the broker's certificate.
+* ``set-password NAME`` (rotation, central's too); ``list``; ``server-cert``
+  renews the broker's certificate.
 
 A new password is printed once on stdout (alone, so a script can capture it)
 or read from stdin with ``--password-stdin``; it is never logged or stored in
@@ -381,6 +382,21 @@ def revoke_admin(c: DynsecClient, name: str) -> None:
     logger.info("broker: IT admin %s revoked and disconnected", name)
 
 
+def set_password(c: DynsecClient, name: str, password: str) -> None:
+    """A new password for a device, an IT admin or central (rotation)."""
+    try:
+        check_id(name, "user")
+    except TopicError as exc:
+        raise BrokerAdminError(str(exc), EX_CONFIG) from None
+    if name == ADMIN_USER:
+        raise BrokerAdminError("the broker admin's password is in the admin file: run init --force for a new set-up",
+                               EX_CONFIG)
+    if _get(c, name) is None:
+        raise BrokerAdminError(f"no user {name!r} on the broker")
+    c.run({"command": "setClientPassword", "username": name, "password": password})
+    logger.info("broker: new password for %s", name)
+
+
 def list_clients(c: DynsecClient) -> list[dict]:
     """[{username, kind, disabled}] sorted by kind and name."""
     data = c.run({"command": "listClients", "verbose": True})[0].get("data", {})
@@ -580,7 +596,7 @@ def _run(args: argparse.Namespace) -> int:
             print("新しいサーバ証明書 / new server certificate written; restart mosquitto", file=sys.stderr)
             return EX_OK
         conn = load_admin(args.admin_file)
-        if args.broker_cmd in ("add-device", "add-admin"):
+        if args.broker_cmd in ("add-device", "add-admin", "set-password"):
             password, generated = _password(args)
         with DynsecClient(conn) as c:
             if args.broker_cmd == "add-device":
@@ -588,6 +604,9 @@ def _run(args: argparse.Namespace) -> int:
                 _announce(args.name, password, generated)
             elif args.broker_cmd == "add-admin":
                 add_admin(c, args.name, password)
+                _announce(args.name, password, generated)
+            elif args.broker_cmd == "set-password":
+                set_password(c, args.name, password)
                 _announce(args.name, password, generated)
             elif args.broker_cmd == "revoke-device":
                 revoke_device(c, args.name)
@@ -642,10 +661,11 @@ def broker_command(sub) -> None:
     for action, what in (("add-device", "a device (username = client id = device id); prints its password once"),
                          ("revoke-device", "delete a device's credential and disconnect it at once"),
                          ("add-admin", "an IT admin (reads the site's topics, sends fleet requests)"),
-                         ("revoke-admin", "delete an IT admin and disconnect them")):
+                         ("revoke-admin", "delete an IT admin and disconnect them"),
+                         ("set-password", "a new password for a device, an IT admin or central (printed once)")):
         q = bsub.add_parser(action, help=what)
         q.add_argument("name", metavar="ID")
-        if action.startswith("add-"):
+        if action.startswith("add-") or action == "set-password":
             q.add_argument("--password-stdin", action="store_true", help="read the password from stdin instead")
     q = bsub.add_parser("list", help="users on the broker")
     q.add_argument("--json", action="store_true")

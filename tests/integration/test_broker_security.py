@@ -314,6 +314,17 @@ def test_revoked_device_is_cut_off_at_once_and_can_be_added_again(secure):
     assert kinds["counter-9"] == "device" and kinds["it-tanaka"] == "it-admin" and kinds["central"] == "central"
 
 
+def test_password_rotation(secure):
+    old = secure.add("add-device", "counter-7")
+    rc, out, err = cli("broker", "set-password", "counter-7", "--admin-file", secure.admin_file)
+    new = out.strip()
+    assert rc == 0 and new and new != old, err
+    assert secure.peer("counter-7", old).connect().is_failure
+    assert not secure.peer("counter-7", new).connect().is_failure
+    rc, _, err = cli("broker", "set-password", "counter-6", "--admin-file", secure.admin_file)
+    assert rc == 1 and "no user" in err
+
+
 def test_bad_names_are_refused_before_the_broker_is_asked(secure):
     for name in ("central", "Counter-1", "a/b", "+"):
         rc, out, err = cli("broker", "add-device", name, "--admin-file", secure.admin_file)
@@ -375,3 +386,26 @@ def test_real_edge_and_central_over_tls(secure, tmp_path):
     finally:
         edge.stop()
         central.stop()
+
+
+def test_tls_config_is_checked_at_start_up(tmp_path):
+    """[mqtt.tls] in both configs: port 8883 by default, a missing file or a
+    half client pair refused with the key named, no way to skip verification."""
+    from bus.configfile import ConfigError, parse_toml
+    from central.config import CentralConfig
+    from edge.config import EdgeConfig
+
+    ca = tmp_path / "ca.crt"
+    broker_pki.write_public(ca, broker_pki.new_ca("test").cert_pem())
+    device = b'[device]\nid = "counter-1"\nsite = "midori"\nrole = "counter"\ncounter = "1"\n'
+    cfg = parse_toml(device + f'[mqtt]\npassword = "x"\n[mqtt.tls]\nca_file = "{ca}"\n'.encode(), EdgeConfig)
+    assert cfg.mqtt.port == 8883 and cfg.mqtt.tls.ca_file == ca
+    assert parse_toml(device + b'[mqtt]\nport = 1883\n', EdgeConfig).mqtt.tls is None
+    central = b'[central]\nsite_file = "site.toml"\ndatabase = "central.db"\n'
+    assert parse_toml(central + f'[mqtt.tls]\nca_file = "{ca}"\n'.encode(), CentralConfig).mqtt.port == 8883
+    for bad, what in ((b'[mqtt.tls]\nca_file = "/nonexistent/ca.crt"\n', "ca_file"),
+                      (f'[mqtt.tls]\ncert_file = "{ca}"\n'.encode(), "key_file"),
+                      (b'[mqtt.tls]\ninsecure = true\n', "insecure")):
+        for head, model in ((device, EdgeConfig), (central, CentralConfig)):
+            with pytest.raises(ConfigError, match=what):
+                parse_toml(head + bad, model)
