@@ -273,7 +273,7 @@ class EdgeDaemon:
             self.session = EdgeSession(
                 self.topics, cfg.device.id, self.boot_id,
                 host=cfg.mqtt.host, port=cfg.mqtt.port, username=cfg.mqtt.username,
-                password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None,
+                password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None, tls=cfg.mqtt.tls,
                 keepalive_s=cfg.mqtt.keepalive_s, reconnect_cap_s=cfg.mqtt.reconnect_cap_s,
                 subscriptions=[self.topics.device_commands(cfg.device.id), self.topics.central_status()],
                 retained=self._retained,
