@@ -16,10 +16,13 @@ import subprocess
 import sys
 import time
 import wave
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from bus import encode
+from bus.models import CallEntry, LobbyBoard
 from drivers.voice import (
     DEFAULT_DICTIONARY,
     DEFAULT_VOICE,
@@ -30,6 +33,7 @@ from drivers.voice import (
 )
 from drivers.voice import chime as chime_mod
 from drivers.voice.record import plays
+from edge.lobby import LobbyRole
 from tests.support.procs import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -349,3 +353,35 @@ def test_the_recording_loudspeaker_takes_as_long_as_the_wav(tmp_path):
                          check=False, capture_output=True, timeout=20, cwd=Path(__file__).resolve().parents[2])
     assert bad.returncode == 1 and b"cannot play" in bad.stderr
     assert len(plays(out)) == 1
+
+
+# ---------------------------------------------------------------- the lobby's choice of calls
+T0 = datetime(2026, 11, 20, 1, 0, tzinfo=UTC)
+
+
+def board(ts_s: float, *calls: tuple[int, str, float, bool]) -> bytes:
+    """A LobbyBoard payload published at T0 + ``ts_s``; calls (ticket, counter,
+    seconds after T0, recall), newest first as central lists them."""
+    return encode(LobbyBoard(ts=T0 + timedelta(seconds=ts_s), waits=[], calls=[
+        CallEntry(ticket=t, counter=c, counter_ja=f"{c}番窓口", counter_en=f"Counter {c}",
+                  at=T0 + timedelta(seconds=at), recall=r) for t, c, at, r in calls]))
+
+
+def test_the_lobby_announces_only_new_recent_calls_oldest_first(chime_only, tmp_path):
+    command, gate, _ = gated_player(tmp_path)
+    gate.touch()
+    with Announcer(chime_only, command=command, dedupe_s=0) as announcer:
+        role = LobbyRole("lobby-1", announcer, max_age_s=30)
+        role.on_board(board(0, (2, "1", -5, False), (1, "2", -10, False)), retained=True)  # on (re)connect
+        role.on_board(board(1, (3, "2", 1, False), (2, "1", -5, False), (1, "2", -10, False)), retained=False)
+        # Two new ones in one board (newest first): 2 recalled, then 4 called.
+        role.on_board(board(2, (4, "3", 1.8, False), (2, "1", 1.5, True), (3, "2", 1, False)), retained=False)
+        role.on_board(board(3, (4, "3", 1.8, False), (2, "1", 1.5, True)), retained=False)  # only the waits changed
+        role.on_board(board(120, (9, "1", 120, False), (8, "1", 20, False)), retained=False)  # 8: 100 s old
+        role.on_board(b'{"schema": 1, "ts": "yesterday"}', retained=False)
+        role.on_board(b"\x00" * 70_000, retained=False)
+        assert announcer.wait_idle(10)
+        assert [(p.announcement.ticket, p.announcement.recall) for p in announcer.history] == [
+            (3, False), (2, True), (4, False), (9, False)]
+        assert announcer.history[0].announcement.counter_ja == "2番窓口"
+        assert (role.announced, role.too_old, role.rejected, role.boards) == (4, 1, 2, 5)
