@@ -183,7 +183,7 @@ async def run_lobby(daemon) -> int:
         daemon.session = EdgeSession(
             topics, device, daemon.boot_id,
             host=cfg.mqtt.host, port=cfg.mqtt.port, username=cfg.mqtt.username,
-            password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None,
+            password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None, tls=cfg.mqtt.tls,
             keepalive_s=cfg.mqtt.keepalive_s, reconnect_cap_s=cfg.mqtt.reconnect_cap_s,
             subscriptions=[topics.lobby_board(), topics.device_commands(device)],
             retained=lambda: [(topics.info(device), info()), (topics.health(device), health())],
@@ -194,6 +194,9 @@ async def run_lobby(daemon) -> int:
         # paho calls a per-topic callback instead of on_message, with the
         # retain flag the session's Received does not carry.
         daemon.session.client.message_callback_add(topics.lobby_board(), on_board)
+        # The voice is up (or degraded, and health says why): READY for
+        # systemd before the broker, as the other roles (docs/systemd.md).
+        daemon.notify_ready()
         daemon.session.start(loop)
         logger.info("%s: lobby ready: announcing calls with %s on %s", device, cfg.voice.player[0], cfg.voice.device)
         published: tuple | None = None
@@ -212,6 +215,7 @@ async def run_lobby(daemon) -> int:
                     logger.exception("%s: cannot publish health", device)
         return 1 if daemon._fatal_reason else 0
     finally:
+        daemon.notifier.stopping()
         if announcer is not None:
             await loop.run_in_executor(None, announcer.close)
         if daemon.session is not None:
