@@ -424,26 +424,60 @@ def command_expiry(seconds: float, now: datetime | None = None) -> tuple[datetim
 # --------------------------------------------------------------------------- request/response
 
 
+#: The request methods a device answers (docs/fleet.md has params and answers).
+REQUEST_METHODS = ("get-config", "set-config", "restart", "status-ticket", "identify", "logs")
+#: The largest request a device reads (a set-config carries a whole TOML file).
+MAX_REQUEST_BYTES = 16 * 1024
+#: The longest a request may live (``expires_at - issued_at``): bounds how long a
+#: device must remember request ids to refuse a replay.
+MAX_REQUEST_LIFE_S = 600
+#: A short, stable reason code in a refusal (``Response.code``), e.g. ``unknown_method``.
+ReasonCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+ParamName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
 class Request(Message):
     """``device/<device>/req/<method>``: an IT request (MQTT v5 request/response).
 
     The MQTT ResponseTopic and CorrelationData properties say where to answer;
     ``request_id`` is kept in the audit log and refused if seen twice.
+    ``requested_by`` is the identity the requester claims (central: the
+    logged-in IT staff member; the CLI: the admin's name): the broker's ACL,
+    which lets only central and IT admins publish requests, is what makes the
+    claim trustworthy enough to audit.  ``params`` are checked per method by
+    the device (a set-config's ``config`` is the TOML text, hence the long
+    string limit; the whole request is bounded by :data:`MAX_REQUEST_BYTES`).
     """
 
     request_id: uuid.UUID
     requested_by: str = Field(min_length=1, max_length=64)
     issued_at: AwareDatetime
     expires_at: AwareDatetime
-    params: dict[str, str | int | float | bool | None] = Field(default_factory=dict, max_length=32)
+    params: dict[ParamName, Annotated[str, StringConstraints(max_length=MAX_REQUEST_BYTES)] | int | float | bool | None] = Field(
+        default_factory=dict, max_length=32
+    )
+
+    @model_validator(mode="after")
+    def _life(self) -> Request:
+        life = (self.expires_at - self.issued_at).total_seconds()
+        if not 0 < life <= MAX_REQUEST_LIFE_S:
+            raise ValueError(f"expires_at must be after issued_at and at most {MAX_REQUEST_LIFE_S} s later")
+        return self
 
 
 class Response(Message):
-    """The answer to a :class:`Request`: ``{status, data, error}``."""
+    """The answer to a :class:`Request`: ``{status, data, error}``.
 
-    request_id: uuid.UUID
+    ``request_id`` is None only when the request could not be read (not JSON,
+    too large); ``code`` is a short stable reason for a refusal or failure
+    (``unknown_method``, ``replayed``, ``expired``, ``invalid``,
+    ``payment_in_progress`` ...) and ``error`` says it in words."""
+
+    request_id: uuid.UUID | None
+    method: str | None = Field(default=None, max_length=32)
     status: Literal["ok", "error"]
     data: dict[str, object] | None = None
+    code: ReasonCode | None = None
     error: str | None = Field(default=None, max_length=500)
 
 

@@ -108,6 +108,10 @@ class Topics:
     def device_commands(self, device: str) -> str:
         return f"{self._device(device, 'cmd')}/+"
 
+    def device_requests(self, device: str) -> str:
+        """The requests one device answers (``req/+``, docs/fleet.md)."""
+        return f"{self._device(device, 'req')}/+"
+
 
 def parse(topic: str) -> TopicParts:
     """Split a concrete topic of the tree into its parts.

@@ -92,7 +92,7 @@ def fleet_router(central) -> APIRouter:
         return fleet.audit_log(device=device, request_id=request_id, limit=limit)
 
     @router.get("/api/v1/fleet/alerts")
-    async def alerts(all: bool = False, limit: Annotated[int, Query(ge=1, le=1000)] = 200):  # noqa: A002 - the query name
+    async def alerts(all: bool = False, limit: Annotated[int, Query(ge=1, le=1000)] = 200):
         return fleet.alerts(include_closed=all, limit=limit)
 
     @router.post("/api/v1/fleet/alerts/{alert_id}/ack")

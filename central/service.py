@@ -40,6 +40,7 @@ from bus.models import (
 )
 from bus.topics import TopicError, Topics, parse
 from central.config import Site, QueueSettings
+from central.fleet import Fleet
 from central.ledger import Ledger, PaymentError
 from central.queue import Outcome, QueueEngine, QueueError, StopState
 
@@ -99,6 +100,8 @@ class Central:
         self.topics = Topics(site.site.id)
         self.stats = Stats()
         self.devices: dict[str, DeviceSeen] = {d.id: DeviceSeen() for d in site.devices}
+        #: The fleet manager (central/fleet.py): registry, IT requests, audit, alerts.
+        self.fleet = Fleet(engine.store, site, publisher, topics=self.topics)
         self._pruned_at = float("-inf")
         self._board_due = False
         self._board_timer: asyncio.TimerHandle | None = None
@@ -126,7 +129,11 @@ class Central:
             return
         try:
             if parts.channel == "status":
-                self._on_status(device.id, decode(Status, payload))
+                status = decode(Status, payload)
+                self._on_status(device.id, status)
+                self.fleet.on_status(device.id, status)
+            elif parts.channel in ("info", "health", "req", "res"):
+                self.fleet.handle(device.id, parts, payload)
             elif parts.channel == "event":
                 model = EVENT_KINDS.get(parts.name)
                 if model is None:

@@ -26,6 +26,7 @@ from drivers.errors import DriverError
 from edge import config as edge_config
 from edge.config import EdgeConfig
 from edge.counter import CounterRole
+from edge.fleet import EXIT_RESTART, EdgeFleet
 from edge.journal import Journal, JournalError
 from edge.payments import PaymentRole
 from edge.session import EdgeSession, Received
@@ -66,9 +67,14 @@ class EdgeDaemon:
         display: Display | None = None,
         terminal: Any = None,
         printer: Any = None,
+        config_path: str | Path | None = None,
     ) -> None:
         self.config = config
         self.config_hash = config_hash
+        #: The file the config came from (IT's get-config/set-config, edge/fleet.py).
+        self.config_path = Path(config_path) if config_path else None
+        self.fleet: EdgeFleet | None = None
+        self._restart_requested = False
         self.boot_id = uuid.uuid4().hex[:12]
         self.topics = Topics(config.device.site)
         self.started_at = utcnow()
@@ -216,6 +222,8 @@ class EdgeDaemon:
     # ------------------------------------------------------------ loop callbacks
     def _on_message(self, msg: Received) -> None:
         try:
+            if self.fleet is not None and self.fleet.on_message(msg):
+                return
             if self.role is not None and self.role.on_message(msg):
                 return
             if self.payments is not None and self.payments.on_message(msg):
@@ -275,7 +283,8 @@ class EdgeDaemon:
                 host=cfg.mqtt.host, port=cfg.mqtt.port, username=cfg.mqtt.username,
                 password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None, tls=cfg.mqtt.tls,
                 keepalive_s=cfg.mqtt.keepalive_s, reconnect_cap_s=cfg.mqtt.reconnect_cap_s,
-                subscriptions=[self.topics.device_commands(cfg.device.id), self.topics.central_status()],
+                subscriptions=[self.topics.device_commands(cfg.device.id), self.topics.central_status(),
+                               self.topics.device_requests(cfg.device.id)],
                 retained=self._retained,
                 on_connected=self._on_connected, on_disconnected=self._on_disconnected, on_message=self._on_message,
                 on_fatal=self._fatal,
@@ -293,6 +302,12 @@ class EdgeDaemon:
                 notify=self.role.notice, printer=self.printer_spool, clock=self.role.clock,
                 zone=ZoneInfo(cfg.device.timezone), repeat_guard_s=cfg.buttons.repeat_guard_ms / 1000,
             )
+            try:
+                self.fleet = EdgeFleet.for_daemon(self)  # IT requests (edge/fleet.py)
+            except (JournalError, OSError) as exc:
+                logger.error("%s: cannot open the request journal: %s", cfg.device.id, exc)
+                return EXIT_HARDWARE
+            self.fleet.start(self.loop)
             if self.printer_spool is not None:
                 self.printer_spool.start(self.loop)
             self.payments.start(self.loop)
@@ -310,9 +325,11 @@ class EdgeDaemon:
                         self._publish_health_if_changed()
                     except Exception:  # a health report must never stop the counter
                         logger.exception("%s: cannot publish health", cfg.device.id)
-            return 1 if self._fatal_reason else 0
+            return self.exit_code()
         finally:
             self.notifier.stopping()
+            if self.fleet is not None:
+                self.fleet.close()
             if self.payments is not None:
                 self.payments.close()
             if self.printer_spool is not None:
@@ -400,6 +417,21 @@ class EdgeDaemon:
         if self._stop is not None:
             self._stop.set()
 
+    def request_restart(self) -> None:
+        """Thread-safe: stop and exit with :data:`EXIT_RESTART` (an accepted
+        IT restart request; systemd starts the daemon again)."""
+        logger.warning("%s: restarting on request (exit code %d)", self.config.device.id, EXIT_RESTART)
+        self._restart_requested = True
+        self.notifier.stopping("再起動中 / restarting on request")
+        self.request_stop()
+
+    def exit_code(self) -> int:
+        """What :meth:`run` returns once stopped: 1 after a fatal error,
+        :data:`EXIT_RESTART` after an IT restart request, else 0."""
+        if self._fatal_reason:
+            return 1
+        return EXIT_RESTART if self._restart_requested else 0
+
     def request_stop(self) -> None:
         """Thread-safe: ask :meth:`run` to finish."""
         self.notifier.stopping()
@@ -414,7 +446,7 @@ def run(config_path: str) -> int:
         logger.error("%s", exc)
         return EXIT_CONFIG
     set_journal_fields(SITE=config.device.site, DEVICE=config.device.id, COUNTER=config.device.counter)
-    daemon = EdgeDaemon(config, config_hash=config_hash)
+    daemon = EdgeDaemon(config, config_hash=config_hash, config_path=config_path)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
