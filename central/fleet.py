@@ -60,7 +60,7 @@ ANSWER_TIMEOUT_S = 10.0
 DETAIL_MAX = 2000
 
 ALERT_TEXT: dict[str, tuple[str, str]] = {
-    "offline": ("オフラインです（応答がありません）", "offline (not answering)"),
+    "offline": ("オフラインです", "offline"),
     "printer:paper_near_end": ("プリンタの用紙が残りわずかです", "printer paper near end"),
     "printer:paper_end": ("プリンタの用紙がありません", "printer out of paper"),
     "printer:cover_open": ("プリンタのカバーが開いています", "printer cover open"),
