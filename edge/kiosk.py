@@ -63,7 +63,7 @@ RETRY_S = 2.0
 #: The idle status refresh (health); the page's polling asks for fresher reads.
 STATUS_EVERY_S = 10.0
 #: A status older than this is read again when the page asks.
-STATUS_FRESH_S = 2.0
+STATUS_FRESH_S = 1.0
 #: How long the site (procedures, counters) is cached.
 SITE_TTL_S = 60.0
 #: Finished journal rows are kept this long (staff re-print, IT questions).
@@ -184,8 +184,12 @@ class KioskJournal(Database):
 
 
 class KioskRole:
-    def __init__(self, config, printer: Any) -> None:
+    def __init__(self, config, printer: Any, *, on_change=None) -> None:
+        """``on_change``: called (from the kiosk's threads) when its health
+        changes, so the daemon publishes it at once."""
         self.cfg = config.kiosk
+        self.on_change = on_change
+        self._told: tuple[str, str | None] | None = None
         self.device = config.device.id
         self.zone = ZoneInfo(config.device.timezone)
         self.office = config.payments.office_ja
@@ -275,6 +279,18 @@ class KioskRole:
         uncertain = [r["number"] for r in j.rows("uncertain") if r["day"] == today]
         with self._lock:
             self._waiting, self._unresolved, self._uncertain = waiting, unresolved, uncertain
+        self._changed()
+
+    def _changed(self) -> None:
+        """Tell the daemon when the health IT sees changed."""
+        now = self.health()[:2]
+        with self._lock:
+            changed, self._told = now != self._told, now
+        if changed and self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:  # e.g. the loop is closed while stopping
+                logger.debug("%s: health change not signalled", self.device, exc_info=True)
 
     # ------------------------------------------------------------ health, status
     def health(self) -> tuple[str, str | None, str | None]:
@@ -305,9 +321,18 @@ class KioskRole:
                 self._refreshing = True
         if refresh:
             try:
-                self._pool.submit(self._refresh)
+                future = self._pool.submit(self._refresh)
             except RuntimeError:  # shutting down
                 pass
+            else:
+                try:  # a fresh read if the worker is free; else the last one (it is busy issuing)
+                    future.result(0.5)
+                except FutureTimeout:
+                    pass
+                except Exception:
+                    logger.exception("%s: reading the printer's status failed", self.device)
+                with self._lock:
+                    status, waiting, unresolved = self._health, bool(self._waiting), self._unresolved
         reason = None
         if status[0] == "error":
             reason = "paper_end" if status[1] == "paper_end" else ""
@@ -565,6 +590,7 @@ class KioskRole:
             health, printable = status.health(), status.printable
         with self._lock:
             self._health, self._status_at = health, time.monotonic()
+        self._changed()
         return printable
 
     def _print_row(self, key: str, number: int, args: dict, *, reprint: bool = False) -> bool:
@@ -812,7 +838,9 @@ async def run_kiosk(daemon) -> int:
     try:
         try:
             daemon.printer = daemon._make_printer()
-            kiosk = KioskRole(cfg, daemon.printer)
+            changed = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            kiosk = KioskRole(cfg, daemon.printer, on_change=lambda: loop.call_soon_threadsafe(changed.set))
         except (DriverError, OSError) as exc:
             logger.error("%s: cannot start the kiosk: %s", cfg.device.id, exc)
             return EXIT_HARDWARE
@@ -831,14 +859,21 @@ async def run_kiosk(daemon) -> int:
         )
         daemon.session.start(daemon.loop)
         logger.info("%s: kiosk ready on %s", cfg.device.id, kiosk.url)
-        while not daemon._stop.is_set():
-            try:
-                await asyncio.wait_for(daemon._stop.wait(), HEALTH_EVERY_S)
-            except TimeoutError:
+        stop = asyncio.create_task(daemon._stop.wait(), name=f"kiosk-stop-{cfg.device.id}")
+        try:
+            while not daemon._stop.is_set():
+                # Published at once when the kiosk says its health changed (paper
+                # end, a ticket waiting), and every HEALTH_EVERY_S anyway.
+                change = asyncio.create_task(changed.wait(), name=f"kiosk-health-{cfg.device.id}")
+                await asyncio.wait({stop, change}, timeout=HEALTH_EVERY_S, return_when=asyncio.FIRST_COMPLETED)
+                change.cancel()
+                changed.clear()
                 try:
                     daemon._publish_health_if_changed()
                 except Exception:
                     logger.exception("%s: cannot publish health", cfg.device.id)
+        finally:
+            stop.cancel()
         return 1 if daemon._fatal_reason else 0
     finally:
         if kiosk is not None:
