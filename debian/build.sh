@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Build the madoguchi Debian packages for trixie, lint them, and optionally
+# install them into a clean trixie root.  `./dev package` runs this.
+#
+#   debian/build.sh                   build (dpkg-buildpackage -us -uc -b) + lintian
+#   debian/build.sh --install-test    ... then apt-get install the .debs into a
+#                                     fresh trixie root and check where things land
+#   --out DIR                         where the .debs go (default /tmp/madoguchi-packages)
+#
+# The packages target Debian trixie and Raspberry Pi OS trixie: their run-time
+# dependencies (pydantic 2, paho-mqtt 2, fastapi, uvicorn) are too old on bookworm,
+# and the build needs setuptools >= 77 (PEP 639 licence in pyproject.toml).  So the
+# build runs in a trixie root made with debootstrap (chroot, no container), cached
+# in $MADOGUCHI_PKG_CACHE (default /var/cache/madoguchi-pkg).  Nothing is written
+# into the git tree: the tree is copied into the root and built there.
+# Needs root (debootstrap, chroot, mount) and the network to a Debian mirror.
+# docs/packaging.md explains the choices.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=${MADOGUCHI_PKG_CACHE:-/var/cache/madoguchi-pkg}
+mirror=${MADOGUCHI_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+suite=trixie
+out=/tmp/madoguchi-packages
+install_test=0
+
+say() { printf '\033[1m[package]\033[0m %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --install-test) install_test=1 ;;
+        --out) out=$2; shift ;;
+        -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option: $1 (see --help)" ;;
+    esac
+    shift
+done
+
+[ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, chroot): run as root or with sudo"
+case "$out" in "$here"|"$here"/*) die "--out must be outside the source tree ($here)";; esac
+
+if ! command -v debootstrap >/dev/null; then
+    say "installing debootstrap with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+fi
+
+mkdir -p "$cache/archives" "$out"
+minbase="$cache/$suite-minbase.tar"
+buildroot="$cache/$suite-build"
+mounts=()
+
+cleanup() {
+    local i
+    for ((i=${#mounts[@]}-1; i>=0; i--)); do
+        umount -l "${mounts[$i]}" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+# Mount what apt and dpkg need inside a root; the .deb cache is shared by every
+# root so that repeated runs download nothing.
+enter() {  # $1 = root
+    mount -t proc proc "$1/proc"; mounts+=("$1/proc")
+    mkdir -p "$1/var/cache/apt/archives"
+    mount --bind "$cache/archives" "$1/var/cache/apt/archives"; mounts+=("$1/var/cache/apt/archives")
+    cp /etc/resolv.conf "$1/etc/resolv.conf" 2>/dev/null || true
+}
+leave() {  # $1 = root
+    umount -l "$1/var/cache/apt/archives" "$1/proc" 2>/dev/null || true
+    mounts=()
+}
+in_root() {  # $1 = root, rest = command
+    local root=$1; shift
+    chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+        DEBIAN_FRONTEND=noninteractive "$@"
+}
+
+# 1. A minimal trixie (debootstrap minbase, ~40 s, ~40 MB downloaded), kept as a
+#    tarball for 30 days; every install test starts from a fresh copy of it.
+if [ ! -s "$minbase" ] || [ -n "$(find "$minbase" -mtime +30)" ]; then
+    say "debootstrap --variant=minbase $suite (once; cached in $cache)"
+    tmp=$(mktemp -d "$cache/debootstrap.XXXXXX")
+    debootstrap --variant=minbase --cache-dir="$cache/archives" "$suite" "$tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 \
+        || { tail -20 "$cache/debootstrap.log" >&2; rm -rf "$tmp"; die "debootstrap failed (log: $cache/debootstrap.log)"; }
+    echo "deb $mirror $suite main" > "$tmp/etc/apt/sources.list"
+    tar -C "$tmp" -cf "$minbase.new" . && mv "$minbase.new" "$minbase"
+    rm -rf "$tmp" "$buildroot"
+fi
+
+# 2. The build root: minbase + debian/control's Build-Depends + lintian, updated
+#    when debian/control changes.
+want=$(sha256sum "$here/debian/control" | cut -c1-16)
+if [ "$(cat "$buildroot/.madoguchi-build-deps" 2>/dev/null)" != "$want" ]; then
+    if [ ! -d "$buildroot" ]; then
+        say "making the build root from $minbase"
+        mkdir -p "$buildroot" && tar -C "$buildroot" -xf "$minbase"
+    fi
+    say "installing the build dependencies and lintian in the build root"
+    mkdir -p "$buildroot/tmp/control/debian"
+    cp "$here/debian/control" "$buildroot/tmp/control/debian/control"
+    enter "$buildroot"
+    in_root "$buildroot" apt-get update -qq
+    in_root "$buildroot" apt-get install -y -qq --no-install-recommends build-essential lintian >/dev/null
+    in_root "$buildroot" apt-get build-dep -y -qq /tmp/control >/dev/null
+    leave "$buildroot"
+    echo "$want" > "$buildroot/.madoguchi-build-deps"
+fi
+
+# 3. Copy the tree (tracked and new files, not what .gitignore ignores), then
+#    dpkg-buildpackage -us -uc -b in the build root.
+version=$(sed -n '1s/^[^ ]* (\([^)]*\)).*/\1/p' "$here/debian/changelog")
+rm -rf "$buildroot/build" && mkdir -p "$buildroot/build/madoguchi-$version"
+if git -C "$here" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    (cd "$here" && git ls-files -z --cached --others --exclude-standard \
+        | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
+        | tar --null -T - -cf -) | tar -C "$buildroot/build/madoguchi-$version" -xf -
+else
+    tar -C "$here" --exclude=.git --exclude=.venv --exclude='*.egg-info' --exclude=__pycache__ \
+        --exclude=node_modules -cf - . | tar -C "$buildroot/build/madoguchi-$version" -xf -
+fi
+
+say "dpkg-buildpackage -us -uc -b (trixie root)"
+start=$(date +%s)
+enter "$buildroot"
+if ! in_root "$buildroot" sh -c "cd /build/madoguchi-$version && dpkg-buildpackage -us -uc -b" \
+        >"$out/build.log" 2>&1; then
+    tail -40 "$out/build.log" >&2
+    die "dpkg-buildpackage failed (log: $out/build.log)"
+fi
+say "built in $(( $(date +%s) - start )) s"
+
+# 4. lintian on the .changes: errors fail, warnings are listed.  Overrides live in
+#    debian/*.lintian-overrides, each with the reason beside it.
+changes=$(cd "$buildroot/build" && ls madoguchi_"$version"_*.changes)
+set +e
+in_root "$buildroot" lintian --info --display-level '>=warning' --fail-on error \
+    "/build/$changes" >"$out/lintian.txt" 2>&1
+lintian_rc=$?
+set -e
+leave "$buildroot"
+
+rm -f "$out"/*.deb "$out"/*.changes "$out"/*.buildinfo
+cp "$buildroot"/build/*.deb "$buildroot/build/$changes" "$out/"
+cp "$buildroot"/build/*.buildinfo "$out/" 2>/dev/null || true
+
+errors=$(grep -c '^E: ' "$out/lintian.txt" || true)
+warnings=$(grep -c '^W: ' "$out/lintian.txt" || true)
+say "lintian: $errors error(s), $warnings warning(s) ($out/lintian.txt)"
+grep -E '^(E|W): ' "$out/lintian.txt" >&2 || true
+if [ "$lintian_rc" -ne 0 ] || [ "$errors" -ne 0 ]; then
+    die "lintian reports errors (exit $lintian_rc)"
+fi
+for deb in "$out"/*.deb; do say "$(basename "$deb")"; done
+
+[ "$install_test" -eq 1 ] || exit 0
+
+# 5. A real install into a fresh trixie root: apt-get resolves the Depends from
+#    trixie, dpkg runs the maintainer scripts (sysusers, tmpfiles, groups).
+#    Recommends (chromium, open-jtalk, ...) are left out to keep it quick.
+root=$(mktemp -d "$cache/install-test.XXXXXX")
+mounts=()
+cleanup_root() { cleanup; rm -rf "$root"; }
+trap cleanup_root EXIT
+tar -C "$root" -xf "$minbase"
+mkdir -p "$root/debs" && cp "$out"/*.deb "$root/debs/"
+enter "$root"
+start=$(date +%s)
+say "install test: apt-get install madoguchi-edge into a fresh $suite root"
+in_root "$root" apt-get update -qq
+report="$out/install-test.txt"
+: >"$report"
+step() { echo "\$ $*" >>"$report"; in_root "$root" "$@" >>"$report" 2>&1 || { tail -30 "$report" >&2; die "install test failed: $*"; }; }
+step apt-get install -y -q --no-install-recommends /debs/madoguchi-common_"$version"_all.deb /debs/madoguchi-edge_"$version"_all.deb
+step sh -c 'stat -c "%U:%G %a %n" /etc/madoguchi/edge.toml /var/lib/madoguchi /usr/bin/madoguchi'
+step sh -c 'ls /usr/lib/systemd/system/madoguchi-* 2>/dev/null || echo "no madoguchi unit installed"'
+step sh -c 'id madoguchi; getent passwd madoguchi'
+step sh -c 'dpkg-query --showformat="\${Conffiles}\n" --show madoguchi-edge'
+step madoguchi --help
+step madoguchi edge --help
+step apt-get install -y -q --no-install-recommends /debs/madoguchi-central_"$version"_all.deb
+step sh -c 'stat -c "%U:%G %a %n" /etc/madoguchi/*.toml'
+step madoguchi --help
+step madoguchi central --help
+step sh -c 'echo state > /var/lib/madoguchi/probe && apt-get purge -y -q madoguchi-edge madoguchi-central madoguchi-common'
+step sh -c 'ls -la /etc/madoguchi 2>&1 || true; ls /var/lib/madoguchi; getent passwd madoguchi'
+leave "$root"
+say "install test passed in $(( $(date +%s) - start )) s ($report)"
