@@ -47,6 +47,9 @@ if ! command -v debootstrap >/dev/null; then
 fi
 
 mkdir -p "$cache/archives" "$out"
+# One build at a time per cache (the build root is shared).
+exec 9>"$cache/lock"
+flock 9
 minbase="$cache/$suite-minbase.tar"
 buildroot="$cache/$suite-build"
 mounts=()
@@ -76,6 +79,9 @@ in_root() {  # $1 = root, rest = command
     chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
         DEBIAN_FRONTEND=noninteractive "$@"
 }
+# apt inside a root: no pty for dpkg's log, no _apt sandbox (the shared archive
+# belongs to root).
+apt_opts=(-o Dpkg::Use-Pty=0 -o APT::Sandbox::User=root)
 
 # 1. A minimal trixie (debootstrap minbase, ~40 s, ~40 MB downloaded), kept as a
 #    tarball for 30 days; every install test starts from a fresh copy of it.
@@ -101,9 +107,9 @@ if [ "$(cat "$buildroot/.madoguchi-build-deps" 2>/dev/null)" != "$want" ]; then
     mkdir -p "$buildroot/tmp/control/debian"
     cp "$here/debian/control" "$buildroot/tmp/control/debian/control"
     enter "$buildroot"
-    in_root "$buildroot" apt-get update -qq
-    in_root "$buildroot" apt-get install -y -qq --no-install-recommends build-essential lintian >/dev/null
-    in_root "$buildroot" apt-get build-dep -y -qq /tmp/control >/dev/null
+    in_root "$buildroot" apt-get "${apt_opts[@]}" update -qq
+    in_root "$buildroot" apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends build-essential lintian >/dev/null
+    in_root "$buildroot" apt-get "${apt_opts[@]}" build-dep -y -qq /tmp/control >/dev/null
     leave "$buildroot"
     echo "$want" > "$buildroot/.madoguchi-build-deps"
 fi
@@ -159,6 +165,7 @@ for deb in "$out"/*.deb; do say "$(basename "$deb")"; done
 # 5. A real install into a fresh trixie root: apt-get resolves the Depends from
 #    trixie, dpkg runs the maintainer scripts (sysusers, tmpfiles, groups).
 #    Recommends (chromium, open-jtalk, ...) are left out to keep it quick.
+#    Every check below fails the run; the transcript is $out/install-test.txt.
 root=$(mktemp -d "$cache/install-test.XXXXXX")
 mounts=()
 cleanup_root() { cleanup; rm -rf "$root"; }
@@ -167,23 +174,62 @@ tar -C "$root" -xf "$minbase"
 mkdir -p "$root/debs" && cp "$out"/*.deb "$root/debs/"
 enter "$root"
 start=$(date +%s)
-say "install test: apt-get install madoguchi-edge into a fresh $suite root"
-in_root "$root" apt-get update -qq
+say "install test: apt-get install the packages into a fresh $suite root"
 report="$out/install-test.txt"
 : >"$report"
-step() { echo "\$ $*" >>"$report"; in_root "$root" "$@" >>"$report" 2>&1 || { tail -30 "$report" >&2; die "install test failed: $*"; }; }
-step apt-get install -y -q --no-install-recommends /debs/madoguchi-common_"$version"_all.deb /debs/madoguchi-edge_"$version"_all.deb
-step sh -c 'stat -c "%U:%G %a %n" /etc/madoguchi/edge.toml /var/lib/madoguchi /usr/bin/madoguchi'
-step sh -c 'ls /usr/lib/systemd/system/madoguchi-* 2>/dev/null || echo "no madoguchi unit installed"'
-step sh -c 'id madoguchi; getent passwd madoguchi'
-step sh -c 'dpkg-query --showformat="\${Conffiles}\n" --show madoguchi-edge'
-step madoguchi --help
-step madoguchi edge --help
-step apt-get install -y -q --no-install-recommends /debs/madoguchi-central_"$version"_all.deb
-step sh -c 'stat -c "%U:%G %a %n" /etc/madoguchi/*.toml'
-step madoguchi --help
-step madoguchi central --help
-step sh -c 'echo state > /var/lib/madoguchi/probe && apt-get purge -y -q madoguchi-edge madoguchi-central madoguchi-common'
-step sh -c 'ls -la /etc/madoguchi 2>&1 || true; ls /var/lib/madoguchi; getent passwd madoguchi'
+run() { echo "\$ $*" >>"$report"; in_root "$root" "$@" >>"$report" 2>&1 || { tail -30 "$report" >&2; die "install test failed: $*"; }; }
+# expect WHAT EXPECTED COMMAND...: the command's output must be EXPECTED.
+expect() {
+    local what=$1 want=$2 got; shift 2
+    got=$(in_root "$root" "$@" 2>&1) || true
+    if [ "$got" = "$want" ]; then
+        echo "ok: $what: $got" >>"$report"
+    else
+        echo "FAIL: $what: expected '$want', got '$got'" >>"$report"
+        die "install test: $what: expected '$want', got '$got'"
+    fi
+}
+# a unit the source tree has must be installed, disabled (docs/install.md)
+check_units() {  # $1 = package
+    local unit
+    for unit in "$here"/debian/"$1".service "$here"/debian/"$1"@.service; do
+        [ -e "$unit" ] || continue
+        unit=$(basename "$unit")
+        expect "$unit installed" "/usr/lib/systemd/system/$unit" ls "/usr/lib/systemd/system/$unit"
+        expect "$unit not enabled on install" disabled systemctl is-enabled "$unit"
+    done
+}
+run apt-get "${apt_opts[@]}" update -qq
+run apt-get "${apt_opts[@]}" install -y -q --no-install-recommends \
+    /debs/madoguchi-common_"$version"_all.deb /debs/madoguchi-edge_"$version"_all.deb
+expect "edge.toml conffile" "root:madoguchi 640 /etc/madoguchi/edge.toml" stat -c "%U:%G %a %n" /etc/madoguchi/edge.toml
+expect "state directory" "madoguchi:madoguchi 750 /var/lib/madoguchi" stat -c "%U:%G %a %n" /var/lib/madoguchi
+expect "system user" "madoguchi:/var/lib/madoguchi:/usr/sbin/nologin" \
+    sh -c 'getent passwd madoguchi | cut -d: -f1,6,7'
+expect "edge groups (no gpio group on Debian)" "madoguchi lp dialout audio" id -nG madoguchi
+expect "conffiles of madoguchi-edge" "/etc/madoguchi/edge.toml" \
+    sh -c 'dpkg-query --showformat="\${Conffiles}\n" --show madoguchi-edge | awk "NF {print \$1}"'
+check_units madoguchi-edge
+# Raspberry Pi OS has a gpio group (raspberrypi-sys-mods); a reconfigure joins it
+run groupadd --system gpio
+run dpkg-reconfigure madoguchi-edge
+expect "edge groups after the gpio group appears" "madoguchi lp dialout audio gpio" id -nG madoguchi
+expect "commands with only the edge" "edge" \
+    sh -c 'madoguchi --help | sed -n "/^positional/,/^options/p" | awk "/^    [a-z]/ {print \$1}" | tr "\n" " " | sed "s/ $//"'
+run madoguchi edge --help
+run sh -c 'python3 -c "import sys; sys.path.insert(0, \"/usr/lib/madoguchi\"); import edge.app, drivers.printer.printer"'
+run apt-get "${apt_opts[@]}" install -y -q --no-install-recommends /debs/madoguchi-central_"$version"_all.deb
+for f in central site fees brands; do
+    expect "$f.toml conffile" "root:madoguchi 640 /etc/madoguchi/$f.toml" stat -c "%U:%G %a %n" "/etc/madoguchi/$f.toml"
+done
+check_units madoguchi-central
+run madoguchi central --help
+run sh -c 'python3 -c "import sys; sys.path.insert(0, \"/usr/lib/madoguchi\"); import central.app"'
+# purge: configuration gone, state and user kept (docs/install.md)
+run sh -c 'echo state > /var/lib/madoguchi/probe'
+run apt-get "${apt_opts[@]}" purge -y -q madoguchi-edge madoguchi-central madoguchi-common
+expect "purge removes /etc/madoguchi" absent sh -c '[ -e /etc/madoguchi ] && echo present || echo absent'
+expect "purge keeps the state" state cat /var/lib/madoguchi/probe
 leave "$root"
+echo "install test passed" >>"$report"
 say "install test passed in $(( $(date +%s) - start )) s ($report)"
