@@ -91,6 +91,7 @@ if [ ! -s "$minbase" ] || [ -n "$(find "$minbase" -mtime +30)" ]; then
     debootstrap --variant=minbase --cache-dir="$cache/archives" "$suite" "$tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 \
         || { tail -20 "$cache/debootstrap.log" >&2; rm -rf "$tmp"; die "debootstrap failed (log: $cache/debootstrap.log)"; }
     echo "deb $mirror $suite main" > "$tmp/etc/apt/sources.list"
+    chmod 0755 "$tmp"
     tar -C "$tmp" -cf "$minbase.new" . && mv "$minbase.new" "$minbase"
     rm -rf "$tmp" "$buildroot"
 fi
@@ -171,6 +172,7 @@ mounts=()
 cleanup_root() { cleanup; rm -rf "$root"; }
 trap cleanup_root EXIT
 tar -C "$root" -xf "$minbase"
+chmod 0755 "$root"  # it is /: the madoguchi user must get through it
 mkdir -p "$root/debs" && cp "$out"/*.deb "$root/debs/"
 enter "$root"
 start=$(date +%s)
@@ -217,6 +219,17 @@ expect "edge groups after the gpio group appears" "madoguchi lp dialout audio gp
 expect "commands with only the edge" "edge" \
     sh -c 'madoguchi --help | sed -n "/^positional/,/^options/p" | awk "/^    [a-z]/ {print \$1}" | tr "\n" " " | sed "s/ $//"'
 run madoguchi edge --help
+expect "config folder (set-config writes there)" "root:madoguchi 2770 /etc/madoguchi" stat -c "%U:%G %a %n" /etc/madoguchi
+# IT's set-config as the daemon's user, with the packaged permissions (edge/fleet.py)
+run runuser -u madoguchi -- python3 -c 'import sys; sys.path.insert(0, "/usr/lib/madoguchi")
+from pathlib import Path
+from edge.config import EdgeConfig
+from edge.fleet import write_config
+path = Path("/etc/madoguchi/edge.toml")
+write_config(path, path.read_bytes().replace(b"debounce_ms = 50", b"debounce_ms = 60"), EdgeConfig)
+print("set-config written:", b"debounce_ms = 60" in path.read_bytes())'
+expect "set-config by the daemon" "edge.toml edge.toml.bak" sh -c 'ls /etc/madoguchi | tr "\n" " " | sed "s/ $//"'
+run stat -c "%U:%G %a %n" /etc/madoguchi/edge.toml /etc/madoguchi/edge.toml.bak  # recorded, see docs/packaging.md
 run sh -c 'python3 -c "import sys; sys.path.insert(0, \"/usr/lib/madoguchi\"); import edge.app, drivers.printer.printer"'
 run apt-get "${apt_opts[@]}" install -y -q --no-install-recommends /debs/madoguchi-central_"$version"_all.deb
 for f in central site fees brands; do
