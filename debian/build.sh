@@ -155,6 +155,7 @@ cp "$buildroot"/build/*.buildinfo "$out/" 2>/dev/null || true
 errors=$(grep -c '^E: ' "$out/lintian.txt" || true)
 warnings=$(grep -c '^W: ' "$out/lintian.txt" || true)
 say "lintian: $errors error(s), $warnings warning(s) ($out/lintian.txt)"
+printf 'changes=%s exit=%s errors=%s warnings=%s\n' "$changes" "$lintian_rc" "$errors" "$warnings" >"$out/lintian-summary.txt"
 grep -E '^(E|W): ' "$out/lintian.txt" >&2 || true
 if [ "$lintian_rc" -ne 0 ] || [ "$errors" -ne 0 ]; then
     die "lintian reports errors (exit $lintian_rc)"
