@@ -130,12 +130,12 @@ def test_conffiles(built):
     assert (ROOT / "config/edge-counter-1.toml").read_bytes() in files
 
 
-def test_mosquitto_templates_are_examples_not_conffiles(built):
+def test_mosquitto_templates_are_templates_not_conffiles(built):
     templates = tracked("config/mosquitto/")
     assert templates, "config/mosquitto/ has no templates"
     central = set(contents(built, "madoguchi-central"))
-    for path in templates:
-        assert f"/usr/share/doc/madoguchi-central/examples/{path.removeprefix('config/')}" in central, path
+    for path in templates:  # where `madoguchi broker init` looks first (central/broker_admin.py)
+        assert f"/usr/share/madoguchi/{path.removeprefix('config/')}" in central, path
     assert not any(p.startswith("/etc/mosquitto") for p in central)
 
 
