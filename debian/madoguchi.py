@@ -11,6 +11,6 @@ import sys
 
 sys.path.insert(0, "/usr/lib/madoguchi")
 
-from bus.cli import main  # noqa: E402
+from bus.cli import main
 
 sys.exit(main())
