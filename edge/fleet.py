@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import stat
 import threading
 import uuid
 from collections.abc import Callable
@@ -297,11 +298,23 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically: a temp file beside it, fsync, rename, fsync the folder."""
+def _write_durably(path: Path, data: bytes, *, like: os.stat_result | None = None) -> None:
+    """Write ``path`` atomically: a temp file beside it, fsync, rename, fsync the folder.
+
+    ``like``: the stat of the file being replaced; the new file gets its
+    permission bits (an edge.toml holding the broker password stays 0640,
+    whatever the daemon's umask) and, where allowed, its group."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    mode = stat.S_IMODE(like.st_mode) if like is not None else 0o600
     try:
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with open(fd, "wb") as f:
+            os.fchmod(fd, mode)  # not narrowed by the umask
+            if like is not None and like.st_gid != os.getegid():
+                try:
+                    os.fchown(fd, -1, like.st_gid)
+                except OSError:  # not a member of that group: the folder's group it is
+                    pass
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -321,10 +334,11 @@ def write_config(path: Path, new: bytes, model: type[BaseModel]) -> None:
     is then what it was.
     """
     old = path.read_bytes()
+    like = path.stat()
     backup = path.with_name(path.name + ".bak")
     try:
-        _write_durably(backup, old)
-        _write_durably(path, new)
+        _write_durably(backup, old, like=like)
+        _write_durably(path, new, like=like)
         written = path.read_bytes()
         if written != new:
             raise OSError("the file read back differs from what was written")
@@ -332,7 +346,7 @@ def write_config(path: Path, new: bytes, model: type[BaseModel]) -> None:
     except (OSError, ConfigError) as exc:
         try:
             if path.read_bytes() != old:
-                _write_durably(path, old)
+                _write_durably(path, old, like=like)
         except OSError as again:
             logger.error("config %s: rollback failed: %s (the previous file is %s)", path, again, backup)
             raise Refused("write_failed", f"writing the config failed ({exc}) and so did restoring it ({again}); "
@@ -404,7 +418,10 @@ class EdgeFleet:
         it lacks answers ``not_supported``.  The seen-ids file lives beside
         the payment journal."""
         cfg = daemon.config
-        journal_path = Path(cfg.payments.journal)
+        # The seen-ids file lives beside the role's own journal: the kiosk's
+        # ticket journal, else the payment journal (also the lobby's state dir).
+        kiosk = getattr(cfg, "kiosk", None)
+        journal_path = Path(kiosk.journal if cfg.device.role == "kiosk" and kiosk is not None else cfg.payments.journal)
         payments = getattr(daemon, "payments", None)
         journal = getattr(daemon, "journal", None)
         role = getattr(daemon, "role", None)

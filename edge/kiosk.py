@@ -831,6 +831,8 @@ async def run_kiosk(daemon) -> int:
     counter display, no payments."""
     from drivers.errors import DriverError
     from edge.app import EXIT_HARDWARE, HEALTH_EVERY_S
+    from bus.sqlitedb import DatabaseError
+    from edge.fleet import EdgeFleet
     from edge.session import EdgeSession
 
     cfg = daemon.config
@@ -851,12 +853,20 @@ async def run_kiosk(daemon) -> int:
             host=cfg.mqtt.host, port=cfg.mqtt.port, username=cfg.mqtt.username,
             password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None, tls=cfg.mqtt.tls,
             keepalive_s=cfg.mqtt.keepalive_s, reconnect_cap_s=cfg.mqtt.reconnect_cap_s,
-            subscriptions=[daemon.topics.device_commands(cfg.device.id)],
+            subscriptions=[daemon.topics.device_commands(cfg.device.id), daemon.topics.device_requests(cfg.device.id)],
             retained=daemon._retained,
             on_connected=lambda: None, on_disconnected=lambda: None,
-            on_message=lambda msg: logger.debug("%s: ignored %s", cfg.device.id, msg.topic),
+            on_message=daemon._on_message,  # IT requests go to the fleet; the rest is logged
             on_fatal=daemon._fatal,
         )
+        # IT requests (edge/fleet.py): config, restart, logs, a status ticket
+        # on the kiosk's printer; the seen-ids file sits beside the kiosk journal.
+        try:
+            daemon.fleet = EdgeFleet.for_daemon(daemon)
+        except (DatabaseError, OSError) as exc:
+            logger.error("%s: cannot open the request journal: %s", cfg.device.id, exc)
+            return EXIT_HARDWARE
+        daemon.fleet.start(daemon.loop)
         daemon.session.start(daemon.loop)
         logger.info("%s: kiosk ready on %s", cfg.device.id, kiosk.url)
         stop = asyncio.create_task(daemon._stop.wait(), name=f"kiosk-stop-{cfg.device.id}")
@@ -874,8 +884,10 @@ async def run_kiosk(daemon) -> int:
                     logger.exception("%s: cannot publish health", cfg.device.id)
         finally:
             stop.cancel()
-        return 1 if daemon._fatal_reason else 0
+        return daemon.exit_code()
     finally:
+        if daemon.fleet is not None:
+            daemon.fleet.close()
         if kiosk is not None:
             await asyncio.get_running_loop().run_in_executor(None, kiosk.close)
         if daemon.session is not None:

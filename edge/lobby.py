@@ -132,6 +132,8 @@ async def run_lobby(daemon) -> int:
     chimes with what it has and says what is missing in its health, so IT sees
     the reason instead of an offline device."""
     from edge.app import EXIT_HARDWARE, _version
+    from bus.sqlitedb import DatabaseError
+    from edge.fleet import EdgeFleet
     from edge.session import EdgeSession
 
     cfg = daemon.config
@@ -170,6 +172,13 @@ async def run_lobby(daemon) -> int:
                 started_at=daemon.started_at,
             )
 
+        def on_message(msg: Any) -> None:
+            try:
+                if daemon.fleet is None or not daemon.fleet.on_message(msg):
+                    logger.debug("%s: ignored %s", device, msg.topic)
+            except Exception:  # one bad request must not stop the lobby
+                logger.exception("%s: failed to handle %s", device, msg.topic)
+
         def on_board(client: Any, userdata: Any, msg: Any) -> None:  # paho's thread → the loop
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_board_on_loop, bytes(msg.payload), bool(msg.retain))
@@ -185,12 +194,20 @@ async def run_lobby(daemon) -> int:
             host=cfg.mqtt.host, port=cfg.mqtt.port, username=cfg.mqtt.username,
             password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None, tls=cfg.mqtt.tls,
             keepalive_s=cfg.mqtt.keepalive_s, reconnect_cap_s=cfg.mqtt.reconnect_cap_s,
-            subscriptions=[topics.lobby_board(), topics.device_commands(device)],
+            subscriptions=[topics.lobby_board(), topics.device_commands(device), topics.device_requests(device)],
             retained=lambda: [(topics.info(device), info()), (topics.health(device), health())],
             on_connected=lambda: None, on_disconnected=lambda: None,
-            on_message=lambda msg: logger.debug("%s: ignored %s", device, msg.topic),
-            on_fatal=daemon._fatal,
+            on_message=on_message, on_fatal=daemon._fatal,
         )
+        # IT requests (edge/fleet.py): get/set config, restart, logs; no
+        # display or printer here, so identify and status-ticket answer
+        # not_supported.
+        try:
+            daemon.fleet = EdgeFleet.for_daemon(daemon, describe=info)
+        except (DatabaseError, OSError) as exc:
+            logger.error("%s: cannot open the request journal: %s", device, exc)
+            return EXIT_HARDWARE
+        daemon.fleet.start(loop)
         # paho calls a per-topic callback instead of on_message, with the
         # retain flag the session's Received does not carry.
         daemon.session.client.message_callback_add(topics.lobby_board(), on_board)
@@ -213,9 +230,11 @@ async def run_lobby(daemon) -> int:
                         published = summary
                 except Exception:  # a health report must never stop the lobby
                     logger.exception("%s: cannot publish health", device)
-        return 1 if daemon._fatal_reason else 0
+        return daemon.exit_code()
     finally:
         daemon.notifier.stopping()
+        if daemon.fleet is not None:
+            daemon.fleet.close()
         if announcer is not None:
             await loop.run_in_executor(None, announcer.close)
         if daemon.session is not None:

@@ -34,6 +34,7 @@ from bus.configfile import parse_toml
 from drivers.printer import FakeEscposPrinter, PrinterNotReady
 from edge.config import EdgeConfig
 from edge.kiosk import RETRY_S, KioskJournal
+from tests.integration.test_fleet import RawRequester, request_payload
 from tests.support.browser import require_chromium
 from tests.support.edges import RunningEdge
 from tests.support.procs import free_port, stop_process, wait_for
@@ -218,6 +219,22 @@ def test_out_of_paper_banner_before_choosing_and_it_sees_it(central_factory, kio
         page.locator("#done.on").wait_for(timeout=10_000)
         assert printer.wait_for_jobs(1, timeout=10)
         wait_for(lambda: watch.printer() == ("ok", None), 15, "ok on the health topic")
+        # IT steers the kiosk like any Pi over the bus (edge/fleet.py): a
+        # status ticket on its printer, with its id.  (This in-process kiosk
+        # has no config file: get-config says so; the lobby's test reads one.)
+        it = RawRequester(broker.port)
+        try:
+            device = edge.config.device.id
+            rid, payload = request_payload()
+            answer = it.send(device, "status-ticket", payload, request_id=rid, timeout=10)
+            assert answer is not None and answer.status == "ok", answer
+            assert printer.wait_for_jobs(2, timeout=10)
+            assert device.encode() in printer.jobs[-1]
+            rid, payload = request_payload()
+            answer = it.send(device, "get-config", payload, request_id=rid)
+            assert answer is not None and (answer.status, answer.code) == ("error", "not_supported"), answer
+        finally:
+            it.close()
     finally:
         watch.close()
 

@@ -58,7 +58,8 @@ class LobbyProcess(EdgeProcess):
         self.config.write_text(
             f'[device]\nid = "{self.device}"\nsite = "midori"\nrole = "lobby"\n'
             f"[mqtt]\nport = {self.broker_port}\nkeepalive_s = 5\nreconnect_cap_s = 1\n"
-            f"[voice]\nplayer = {player}\nmax_queue = 5\n",
+            f"[voice]\nplayer = {player}\nmax_queue = 5\n"
+            f'[payments]\njournal = "{self.workdir / "journal.db"}"\n',  # the state folder (IT request ids)
             encoding="utf-8",
         )
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process, as EdgeProcess
@@ -178,8 +179,16 @@ def test_each_call_is_announced_once_in_order_without_overlap(central_factory, b
         health = wait_for(health_says_played_4, what="health with four played")
         assert health["peripherals"]["voice"]["status"] == "ok"
         assert watcher.info()["role"] == "lobby"
+
+        # IT steers the lobby like any Pi (edge/fleet.py): its config, its
+        # identify (nothing to flash here: refused with a reason), a restart.
+        status, answer = central.request("POST", "/api/v1/fleet/devices/lobby-1/requests/get-config", {"params": {}})
+        assert status == 200 and answer["status"] == "ok", answer
+        assert 'role = "lobby"' in answer["data"]["config"] and not answer["data"]["restart_pending"]
+        status, answer = central.request("POST", "/api/v1/fleet/devices/lobby-1/requests/identify", {"params": {}})
+        assert status == 200 and (answer["status"], answer["code"]) == ("error", "not_supported"), answer
+        status, answer = central.request("POST", "/api/v1/fleet/devices/lobby-1/requests/restart", {"params": {}})
+        assert status == 200 and answer["status"] == "ok", answer
+        assert lobby.proc.wait(15) == 75, lobby.log_text()[-2000:]  # EXIT_RESTART: systemd starts it again
     finally:
         watcher.close()
-
-    lobby.stop()
-    assert lobby.proc.returncode == 0, lobby.log_text()[-2000:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import uuid
 from datetime import timedelta
 
@@ -92,6 +93,21 @@ def test_write_config_keeps_the_previous_file_and_rolls_back_on_failure(tmp_path
     assert err.value.code == "write_failed"
     assert path.read_bytes() == new
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edge.toml", "edge.toml.bak"]  # no temp file left
+
+
+def test_write_config_keeps_the_file_mode_whatever_the_umask(tmp_path):
+    # edge.toml holds the broker password: 0640, and a replacement must not
+    # come out world-readable because the daemon's umask is 022.
+    path = tmp_path / "edge.toml"
+    path.write_text(CONFIG, encoding="utf-8")
+    path.chmod(0o640)
+    old_umask = os.umask(0o022)
+    try:
+        write_config(path, CONFIG.replace('counter = "1"', 'counter = "3"').encode(), EdgeConfig)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "edge.toml.bak").stat().st_mode) == 0o640
 
 
 def test_seen_request_ids_survive_a_reopen(tmp_path):
