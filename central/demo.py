@@ -42,6 +42,7 @@ TERMINALS = {"1": "manual", "2": "none", "3": "sim"}
 METHODS_JA = {"cash": "現金", "credit": "クレジット", "emoney": "電子マネー", "qr": "QRコード決済"}
 GUARD_S = 0.9  # a little over the counters' double-press guard (800 ms)
 KIOSK = "kiosk-1"
+LOBBY = "lobby-1"
 
 
 class DemoError(RuntimeError):
@@ -57,8 +58,22 @@ def demo_command(sub) -> None:
     p.add_argument("--site", type=Path, default=REPO_SITE, help="site file (default: the sample site in config/)")
     p.add_argument("--exit-after-script", action="store_true", help="stop after the scripted morning (for tests)")
     p.add_argument("--keep", action="store_true", help="keep the working folder (logs, database) at exit")
+    p.add_argument("--voice", choices=("auto", "speaker", "files", "off"), default="auto",
+                   help="the lobby's announcements: speaker (aplay), files (WAVs in the working folder), off; "
+                        "auto = speaker when ALSA has a sound card, else files (default)")
     p.add_argument("--no-auto", action="store_true", help="after the script, leave the counters to you (no simulated visitors and staff)")
     p.set_defaults(func=_run)
+
+
+def _voice_mode(choice: str) -> str:
+    """``--voice auto``: the speaker when ALSA lists a sound card, else files."""
+    if choice != "auto":
+        return choice
+    try:
+        cards = subprocess.run(["aplay", "-l"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "files"
+    return "speaker" if "card " in cards else "files"
 
 
 def _port(preferred: int) -> int:
@@ -116,6 +131,9 @@ class Office:
         #: ... and the kiosk's printer, of each ticket.
         self.tickets = workdir / "tickets"
         self.kiosk_port = 0
+        #: The lobby Pi's loudspeaker: "speaker", "files" (WAVs here) or "off".
+        self.voice = _voice_mode(args.voice)
+        self.announcements = workdir / "announcements"
         self.last_press: dict[tuple[str, str], float] = {}
         #: ticket number → its token (the visitor's page, from the ticket's QR code).
         self.tokens: dict[int, str] = {}
@@ -192,9 +210,37 @@ class Office:
             encoding="utf-8",
         )
         self._spawn(KIOSK, [sys.executable, "-m", "bus.cli", "edge", "--config", str(config)])
+        if self.voice != "off":
+            self._start_lobby()
         for counter, device, *_ in COUNTERS:
             _wait(lambda c=counter, d=device: self.display(c) is not None and self._online(d), f"{device}")
+        if self.voice != "off":
+            _wait(lambda: self._online(LOBBY), LOBBY)
         _wait(lambda: _http("GET", f"{self.kiosk}api/status")["ready"] and self._online(KIOSK), KIOSK)
+
+    def _start_lobby(self) -> None:
+        """The lobby Pi: every call announced (Open JTalk + espeak-ng), on
+        this machine's speaker or, without a sound card, as WAV files."""
+        if self.voice == "speaker":
+            player = '["aplay", "-q", "-D", "{device}", "{wav}"]'
+        else:  # the fake loudspeaker keeps each WAV and takes as long as it lasts
+            player = json.dumps([sys.executable, "-m", "drivers.voice.record", "--dir", str(self.announcements), "{wav}"])
+        config = self.work / f"{LOBBY}.toml"
+        config.write_text(
+            f'[device]\nid = "{LOBBY}"\nsite = "midori"\nrole = "lobby"\n'
+            f"[mqtt]\nport = {self.broker_port}\n"
+            f'[payments]\njournal = "{self.work / (LOBBY + "-state.db")}"\n'
+            f"[voice]\nplayer = {player}\n",
+            encoding="utf-8",
+        )
+        self._spawn(LOBBY, [sys.executable, "-m", "bus.cli", "edge", "--config", str(config)])
+
+    def wait_announced(self, timeout: float = 20.0) -> Path | None:
+        """The first announcement's WAV (files mode), once the lobby plays it."""
+        if self.voice != "files":
+            return None
+        _wait(lambda: any(self.announcements.glob("*.wav")), "the lobby's first announcement", timeout=timeout)
+        return min(self.announcements.glob("*.wav"))
 
     @property
     def kiosk(self) -> str:
@@ -329,6 +375,11 @@ def morning(office: Office) -> None:
     office.pause(2)
     say("── 1番窓口が呼び出します。3番窓口も証明書の方を呼びます ──", "-- Counter 1 calls; counter 3 calls for certificates --")
     office.press("1", "call_next", expect=family)
+    if office.voice != "off":
+        wav = office.wait_announced()
+        say(f"📢 館内放送: 「受付番号 {family} 番の方、1 番窓口へお越しください」"
+            + (f"（音声 {wav}）" if wav else "（ロビーのスピーカー）"),
+            f"lobby announcement: \"Ticket number {family}, please come to counter 1.\"")
     office.pause(1.5)
     office.press("3", "call_next", expect=cert)  # the family is busy at counter 1: not callable here
     office.pause(1.5)
@@ -561,6 +612,10 @@ def _run(args) -> int:
             + f"  領収書の画像 receipts  {office.receipts}/\n"
             + f"  待合室の表示 lobby board {office.central}/board\n"
             + f"  発券機 ticket kiosk     {office.kiosk}  (券の画像 tickets {office.tickets}/)\n"
+            + {"speaker": "  館内放送 announcements  このパソコンのスピーカー this machine's speaker\n",
+               "files": f"  館内放送 announcements  {office.announcements}/  (WAV)\n",
+               "off": ""}[office.voice]
+            + f"  機器管理 IT admin      {office.central}/admin\n"
             + f"  経理 accounting        {office.central}/accounting/day  /accounting/reconcile  /accounting/kpi\n"
             + "  API (OpenAPI)        " + office.central + "/openapi.json\n"
             + f"  作業フォルダ logs      {workdir}\n",
