@@ -153,7 +153,11 @@ class EdgeDaemon:
         p = self.config.printer
         if p.driver == "none":
             return None
-        from drivers.printer import Paper, Printer
+        try:
+            from drivers.printer import Paper, Printer
+        except ImportError as exc:  # a Pi set up without the edge extra
+            raise DriverError(f"[printer] driver = {p.driver!r} needs python-escpos, qrcode and Pillow "
+                              f"(pip install 'madoguchi[edge]'; the madoguchi-edge package has them): {exc}") from exc
         paper = Paper.for_columns(p.columns)
         if p.driver == "fake":
             # The simulated printer speaks ESC/POS on loopback; the real driver talks to it.
@@ -174,6 +178,10 @@ class EdgeDaemon:
         from drivers.printer import Paper
         from drivers.printer.render import render_png
         folder.mkdir(parents=True, exist_ok=True)
+        if self._jobs_saved == 0:  # carry on after the pictures of an earlier run, never over them
+            numbers = [int(n) for f in folder.glob(f"{self.config.device.id}-*.png")
+                       if (n := f.stem.rsplit("-", 1)[-1]).isdigit()]
+            self._jobs_saved = max(numbers, default=0)
         self._jobs_saved += 1
         path = folder / f"{self.config.device.id}-{self._jobs_saved:04d}.png"
         path.write_bytes(render_png(job, paper=Paper.for_columns(self.config.printer.columns)))

@@ -153,6 +153,7 @@ DEBIAN_NAMES = {
     "Pillow": ("python3-pil", None),  # any Pillow in trixie (11) is >= 10
     "gpiozero": ("python3-gpiozero", "1.6.2"),  # Debian has 1.6.2, Raspberry Pi OS 2.x
     "python-escpos": (None, None),  # not in Debian: docs/packaging.md
+    "qrcode": ("python3-qrcode", "7.4"),
 }
 
 
