@@ -149,7 +149,9 @@ class Bus:
         self.mqtt = mqtt
         self.topics = Topics(s["site"])
         username = s["username"]
-        client_id = username or f"it-cli-{uuid.uuid4().hex[:8]}"
+        # Unique per run: two IT admins (or two terminals of one) must not
+        # take each other's session over (admins have no fixed client id).
+        client_id = f"{username or 'it-cli'}-{uuid.uuid4().hex[:8]}"
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if username:
             self.client.username_pw_set(username, s["password"])
