@@ -42,14 +42,16 @@ except ImportError:  # pragma: no cover - depends on the machine
 logger = logging.getLogger(__name__)
 
 #: Exit code of a restart that IT asked for (fleet manager): EX_TEMPFAIL of
-#: sysexits.h.  The units list it in RestartForceExitStatus= and
-#: SuccessExitStatus=, so systemd starts the daemon again without calling it
-#: a failure (docs/systemd.md, "Exit codes").
+#: sysexits.h.  A failure exit, so the units' Restart=on-failure starts the
+#: daemon again; they also list it in RestartForceExitStatus= (restarted even
+#: under a drop-in's Restart=no) and never in SuccessExitStatus= or
+#: RestartPreventExitStatus= (docs/systemd.md, "Exit codes").
 EXIT_RESTART = 75
 
 #: The structured journal fields madoguchi's log lines may carry.  SITE,
 #: DEVICE and COUNTER are the process's own (:func:`set_journal_fields`);
-#: TICKET and PAYMENT_ID come with a line (``logger.info(..., extra={...})``).
+#: TICKET and PAYMENT_ID (and COUNTER, on central) come with a line:
+#: ``logger.info(..., extra=log_fields(ticket=12, payment_id=pid))``.
 FIELDS = ("SITE", "DEVICE", "COUNTER", "TICKET", "PAYMENT_ID")
 
 #: Where journald listens (sd_journal_sendv(3) sends there).
@@ -244,6 +246,20 @@ class JournalFields(logging.Filter):
 
 
 PROCESS_FIELDS = JournalFields()
+
+
+def log_fields(*, ticket: object = None, payment_id: object = None, counter: object = None) -> dict[str, str]:
+    """The ``extra=`` of a log line about a ticket or a payment::
+
+        logger.info("%s: payment %s approved", device, pid, extra=log_fields(ticket=12, payment_id=pid))
+
+    JournalHandler sends a record's upper-case attributes as journal fields,
+    so ``journalctl TICKET=12`` or ``journalctl PAYMENT_ID=<uuid>`` finds the
+    line; the console format ignores them.  None is left out.  A ticket
+    number is per site and day: add ``--since today``.  No personal data goes
+    here: tickets are numbers and payment ids are random UUIDs."""
+    values = {"TICKET": ticket, "PAYMENT_ID": payment_id, "COUNTER": counter}
+    return {key: str(value) for key, value in values.items() if value is not None}
 
 
 def set_journal_fields(**fields: object) -> None:

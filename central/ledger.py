@@ -28,6 +28,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bus.models import ChargeLine, PaymentEvent, PayMethod, utcnow
+from bus.sdnotify import log_fields
 from central.config import Site
 from central.dayclose import record_late_changes
 from central.store import Store
@@ -215,6 +216,8 @@ class Ledger:
         with self.store.transaction() as conn:
             self._insert(conn, row)
             self._log(conn, row.payment_id, 0, "sent", "api", f"{len(charge_lines)} lines, {total} yen, {pay.value}")
+        logger.info("counter %s: charge %s sent: %d yen %s", counter, row.payment_id, total, pay.value,
+                    extra=log_fields(ticket=ticket, payment_id=row.payment_id, counter=counter))
         return row, charge_lines, True
 
     def _insert(self, conn, row: PaymentRow) -> None:
@@ -282,6 +285,9 @@ class Ledger:
             self._log(tx, pid, event.version, event.state.value, f"device:{device}", event.reason or "")
             # A payment of a closed day changed: an adjustment, never an edit (docs/accounting.md §4).
             record_late_changes(tx, self.site, self.catalog, [pid], source=f"device:{device}")
+        logger.info("counter %s: payment %s %s v%d %s%s", event.counter, pid, event.kind.value, event.version,
+                    event.state.value, f" ({event.reason})" if event.reason else "",
+                    extra=log_fields(ticket=event.ticket, payment_id=pid, counter=event.counter))
         return True
 
     # ------------------------------------------------------------ void / refund
@@ -343,6 +349,8 @@ class Ledger:
         with self.store.transaction() as conn:
             self._insert(conn, new)
             self._log(conn, new.payment_id, 0, "sent", f"staff:{staff_id}", f"{action} of {payment_id}: {reason}")
+        logger.info("counter %s: %s %s of payment %s sent", counter, action, new.payment_id, payment_id,
+                    extra=log_fields(ticket=original.ticket, payment_id=new.payment_id, counter=counter))
         return new, action
 
     def expire_unsent(self, ttl_s: float) -> int:

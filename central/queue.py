@@ -31,6 +31,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 from zoneinfo import ZoneInfo
 
+from bus.sdnotify import log_fields
 from central.config import QueueSettings, Site
 from central.store import Store
 
@@ -526,7 +527,7 @@ class QueueEngine:
             if event_id is not None:
                 db.execute("INSERT INTO seen_events (event_id, device, at) VALUES (?, ?, ?)",
                            (event_id, f"ticket:{ticket_id}:{request}", _iso(now)))
-        logger.info("ticket %d issued: %s", number, " → ".join(services))
+        logger.info("ticket %d issued: %s", number, " → ".join(services), extra=log_fields(ticket=number))
         return self.ticket(number, day), False
 
     def _itinerary(self, procedures: list[str]) -> list[str]:

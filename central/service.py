@@ -38,6 +38,7 @@ from bus.models import (
     command_expiry,
     utcnow,
 )
+from bus.sdnotify import log_fields
 from bus.topics import TopicError, Topics, parse
 from central.config import Site, QueueSettings
 from central.fleet import Fleet
@@ -262,6 +263,10 @@ class Central:
     # ---------------------------------------------------------------- bus out
     def apply(self, outcome: Outcome, *, origin: str | None = None, in_reply_to: uuid.UUID | None = None) -> None:
         """Push the displays and the board an action changed."""
+        if not outcome.duplicate:
+            for c in outcome.calls:
+                logger.info("counter %s calls ticket %d (%s)%s", c.counter, c.number, c.service, ", recall" if c.recall else "",
+                            extra=log_fields(ticket=c.number, counter=c.counter))
         called = {c.counter for c in outcome.calls}
         now = called | ({origin} if origin else set())
         for counter in sorted(now):

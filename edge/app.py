@@ -18,7 +18,7 @@ from typing import Any
 
 from bus.configfile import ConfigError
 from bus.models import HealthState, Health, Info, PeripheralHealth, PeripheralInfo, Role, utcnow
-from bus.sdnotify import Notifier, set_journal_fields, write_probe
+from bus.sdnotify import Notifier, log_fields, set_journal_fields, write_probe
 from bus.topics import Topics
 from drivers.buttons import ButtonError, ButtonPanel, press
 from drivers.display import Display, DisplayError, HdmiDisplay, LogDisplay
@@ -34,6 +34,10 @@ from edge.session import EdgeSession, Received
 logger = logging.getLogger(__name__)
 
 HEALTH_EVERY_S = 5.0
+#: After SIGTERM, how long a card payment at the terminal (and then its receipt)
+#: may take to finish before the daemon stops anyway; the unit's TimeoutStopSec=
+#: is larger (docs/systemd.md).
+STOP_GRACE_S = 60.0
 EXIT_CONFIG = 78  # EX_CONFIG
 EXIT_HARDWARE = 69  # EX_UNAVAILABLE: a peripheral could not be opened
 
@@ -105,6 +109,8 @@ class EdgeDaemon:
         #: error sends STOPPING=1.
         self.notifier = Notifier()
         self._probe: Path | None = None
+        #: A stop signal came: a payment at the terminal may finish first.
+        self._grace = False
 
     # ------------------------------------------------------------ parts
     def _make_display(self) -> Display:
@@ -336,6 +342,7 @@ class EdgeDaemon:
             return self.exit_code()
         finally:
             self.notifier.stopping()
+            await self._let_payment_finish()
             if self.fleet is not None:
                 self.fleet.close()
             if self.payments is not None:
@@ -430,8 +437,48 @@ class EdgeDaemon:
         IT restart request; systemd starts the daemon again)."""
         logger.warning("%s: restarting on request (exit code %d)", self.config.device.id, EXIT_RESTART)
         self._restart_requested = True
+        self._grace = False  # refused while a payment runs, unless forced: then it is cut off
         self.notifier.stopping("再起動中 / restarting on request")
         self.request_stop()
+
+    def on_signal(self) -> None:
+        """SIGTERM or SIGINT (``systemctl stop``/``restart``, an upgrade, a
+        shutdown): stop, letting a payment at the terminal finish first; a
+        second signal stops at once."""
+        self._grace = self._stop is None or not self._stop.is_set()
+        self.request_stop()
+
+    async def _let_payment_finish(self) -> None:
+        """After a stop signal, the payment at the terminal, then its receipt,
+        get up to :data:`STOP_GRACE_S`: a visitor's card payment is not cut off
+        into 処理未了 by a restart.  What is still running after that is
+        aborted as before; the next start asks the terminal how it ended."""
+        payments, journal = self.payments, self.journal
+        if not self._grace or payments is None or payments.busy is None:
+            return
+        pid, device, loop = payments.busy, self.config.device.id, asyncio.get_running_loop()
+        running = journal.get(pid) if journal is not None else None
+        fields = log_fields(ticket=running.charge.get("ticket") if running else None, payment_id=pid)
+
+        def unfinished() -> bool:
+            if payments.busy is not None:
+                return True
+            spool = self.printer_spool
+            return (journal is not None and spool is not None and spool.health()[0] != "error"
+                    and any(j.state in ("queued", "printing") for j in journal.print_jobs_of(pid)))
+
+        logger.warning("%s: stopping once payment %s at the terminal is done (at most %.0f s)", device, pid, STOP_GRACE_S,
+                       extra=fields)
+        self.notifier.status(f"停止待ち: 決済の完了を待っています / stopping after the payment at the terminal ({pid[:8]})")
+        deadline = loop.time() + STOP_GRACE_S
+        try:
+            while self._grace and loop.time() < deadline and unfinished():
+                await asyncio.sleep(0.1)
+        except asyncio.CancelledError:  # stopping anyway
+            pass
+        if unfinished():
+            logger.error("%s: payment %s or its receipt still running: stopping anyway (the terminal is asked at the next start)",
+                         device, pid, extra=fields)
 
     def exit_code(self) -> int:
         """What :meth:`run` returns once stopped: 1 after a fatal error,
@@ -459,7 +506,7 @@ def run(config_path: str) -> int:
     async def main() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, daemon.request_stop)
+            loop.add_signal_handler(sig, daemon.on_signal)
         return await daemon.run()
 
     return asyncio.run(main())

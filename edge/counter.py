@@ -34,6 +34,7 @@ from bus.models import (
     IntentEvent,
     utcnow,
 )
+from bus.sdnotify import log_fields
 from bus.topics import Topics
 from drivers.display import Display, Screen
 from edge.config import EdgeConfig
@@ -217,6 +218,11 @@ class CounterRole:
         self._last_issued = cmd.issued_at
         if cmd.in_reply_to is not None:
             self.pending.pop(cmd.in_reply_to, None)
+        before = self.display.current
+        if cmd.ticket is not None and (cmd.recall or before is None or (before.number, before.mode) != (cmd.ticket, cmd.mode.value)):
+            # The number on the counter's screen, with the journal field TICKET.
+            logger.info("%s: showing %d (%s%s)", self.device, cmd.ticket, cmd.mode.value, ", recall" if cmd.recall else "",
+                        extra=log_fields(ticket=cmd.ticket))
         self._show(
             Screen(
                 mode=cmd.mode.value, number=cmd.ticket, recall=cmd.recall,

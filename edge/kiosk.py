@@ -867,6 +867,9 @@ async def run_kiosk(daemon) -> int:
             logger.error("%s: cannot open the request journal: %s", cfg.device.id, exc)
             return EXIT_HARDWARE
         daemon.fleet.start(daemon.loop)
+        # Page and printer are up: READY before the broker, as every role; the
+        # ticket journal's folder must take a write (docs/systemd.md).
+        daemon.notify_ready(writable=cfg.kiosk.journal)
         daemon.session.start(daemon.loop)
         logger.info("%s: kiosk ready on %s", cfg.device.id, kiosk.url)
         stop = asyncio.create_task(daemon._stop.wait(), name=f"kiosk-stop-{cfg.device.id}")
@@ -886,6 +889,7 @@ async def run_kiosk(daemon) -> int:
             stop.cancel()
         return daemon.exit_code()
     finally:
+        daemon.notifier.stopping()
         if daemon.fleet is not None:
             daemon.fleet.close()
         if kiosk is not None:

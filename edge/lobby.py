@@ -212,8 +212,9 @@ async def run_lobby(daemon) -> int:
         # retain flag the session's Received does not carry.
         daemon.session.client.message_callback_add(topics.lobby_board(), on_board)
         # The voice is up (or degraded, and health says why): READY for
-        # systemd before the broker, as the other roles (docs/systemd.md).
-        daemon.notify_ready()
+        # systemd before the broker, as the other roles (docs/systemd.md); the
+        # state folder (IT request ids beside [payments] journal) must take a write.
+        daemon.notify_ready(writable=cfg.payments.journal)
         daemon.session.start(loop)
         logger.info("%s: lobby ready: announcing calls with %s on %s", device, cfg.voice.player[0], cfg.voice.device)
         published: tuple | None = None

@@ -50,6 +50,7 @@ from bus.models import (
     PayMethod,
     utcnow,
 )
+from bus.sdnotify import log_fields
 from bus.topics import Topics
 from drivers.terminal.base import Outcome, Terminal, TerminalError, TerminalUnavailable, TxKind, TxRecord
 from drivers.terminal.manual import instructions as manual_instructions
@@ -170,7 +171,8 @@ class PaymentRole:
         """After a restart: a payment left ``pending`` may have run."""
         self._loop = loop
         for p in self.journal.in_state(S.PENDING.value):
-            logger.warning("%s: payment %s was pending at start-up: outcome unknown, asking the terminal", self.device, p.payment_id)
+            logger.warning("%s: payment %s was pending at start-up: outcome unknown, asking the terminal", self.device, p.payment_id,
+                           extra=_fields(p))
             self._save(p.evolve(state=S.UNKNOWN.value, reason="interrupted"))
         if self.journal.in_state(S.UNKNOWN.value):
             self._spawn(self.resolve_all(), "resolve-unknown")
@@ -258,7 +260,7 @@ class PaymentRole:
         self.journal.save(*rows)
         for p, _, _ in rows:
             logger.info("%s: payment %s %s v%d %s%s", self.device, p.payment_id, p.kind, p.version, p.state,
-                        f" ({p.reason})" if p.reason else "")
+                        f" ({p.reason})" if p.reason else "", extra=_fields(p))
         self.flush_outbox()
         for p, _, _ in rows:
             crashpoint(f"payment.after_publish.{p.state}")
@@ -503,12 +505,12 @@ class PaymentRole:
                 record = await loop.run_in_executor(self._terminal_pool, lambda: self.terminal.sale(p.amount, on_status=self._on_status))
             except TerminalUnavailable as exc:
                 # The sale was certainly not taken by the terminal.
-                logger.error("%s: terminal unavailable for %s: %s", self.device, pid, exc)
+                logger.error("%s: terminal unavailable for %s: %s", self.device, pid, exc, extra=_fields(p))
                 self._save(self.journal.get(pid).evolve(state=S.DECLINED.value, reason="terminal_unavailable"))
                 self.notify(*staff_message("declined", "terminal_unavailable"))
                 return
             except Exception as exc:  # a driver bug after the sale may have been sent
-                logger.exception("%s: terminal failed during %s", self.device, pid)
+                logger.exception("%s: terminal failed during %s", self.device, pid, extra=_fields(p))
                 record = TxRecord(kind=TxKind.SALE, outcome=Outcome.UNKNOWN, amount=p.amount, reason="driver_error", message=str(exc)[:100])
             self._apply_record(self.journal.get(pid), record)
         except asyncio.CancelledError:
@@ -819,6 +821,11 @@ def _result_of(record: TxRecord, zone: ZoneInfo) -> dict[str, Any]:
         at = record.at if record.at.tzinfo else record.at.replace(tzinfo=zone)
         out["txn_at"] = at.isoformat()
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _fields(p: Payment) -> dict[str, str]:
+    """Journal fields of a log line about ``p`` (bus/sdnotify.py)."""
+    return log_fields(ticket=p.charge.get("ticket"), payment_id=p.payment_id)
 
 
 __all__ = ["JournalError", "PaymentRole", "staff_message"]
