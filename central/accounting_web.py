@@ -23,12 +23,13 @@ from datetime import date, timedelta
 from html import escape
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from central import kpi as kpis
+from central.auth_web import recorded_staff, with_user_bar
 from central.config import Site
 from central.dayclose import (
     DENOMINATIONS,
@@ -58,7 +59,8 @@ class Body(BaseModel):
 class CloseRequest(Body):
     #: Cash collected (yen), the change fund already taken out.  Optional with denominations.
     counted_cash: int | None = Field(default=None, ge=0, le=99_999_999)
-    closed_by: StaffId
+    #: Logged in: optional, and if given it must be the logged-in staff id (that is what is recorded).
+    closed_by: StaffId | None = None
     #: The drawer by denomination: {"10000": pieces, ...}.
     denominations: dict[Annotated[str, StringConstraints(pattern=r"^\d{1,5}$")], Annotated[int, Field(ge=0, le=100_000)]] | None = None
     #: 釣銭準備金, taken out of the drawer total.
@@ -66,7 +68,8 @@ class CloseRequest(Body):
 
 
 class AdjustRequest(Body):
-    by: StaffId
+    #: As CloseRequest.closed_by.
+    by: StaffId | None = None
     reason: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     kind: Literal["correction", "cash_recount"] = "correction"
     amount: int = Field(default=0, ge=-99_999_999, le=99_999_999)
@@ -92,12 +95,12 @@ def accounting_router(store: Store, site: Site, catalog: Any, *, clock=None) -> 
 
     # ------------------------------------------------------------ pages
     @router.get("/accounting/day", response_class=HTMLResponse, include_in_schema=False)
-    async def day_page(date_: Annotated[str | None, Query(alias="date", pattern=DAY_PATTERN)] = None):
+    async def day_page(request: Request, date_: Annotated[str | None, Query(alias="date", pattern=DAY_PATTERN)] = None):
         try:
             sheet = dc.sheet(day_or_today(date_))
         except DayCloseError as exc:
             return HTMLResponse(_page("エラー", f"<p class=err>{escape(exc.ja)} / {escape(exc.en)}</p>"), status_code=422)
-        return HTMLResponse(render_day(sheet, catalog=catalog, today=dc.today()))
+        return HTMLResponse(with_user_bar(render_day(sheet, catalog=catalog, today=dc.today()), request))
 
     @router.get("/accounting/day.csv", include_in_schema=False)
     async def day_csv(date_: Annotated[str | None, Query(alias="date", pattern=DAY_PATTERN)] = None,
@@ -121,14 +124,14 @@ def accounting_router(store: Store, site: Site, catalog: Any, *, clock=None) -> 
                         headers={"Content-Disposition": f'attachment; filename="dayclose-{sheet["day"]}.xlsx"'})
 
     @router.get("/accounting/kpi", response_class=HTMLResponse, include_in_schema=False)
-    async def kpi_page(from_: Annotated[str | None, Query(alias="from", pattern=DAY_PATTERN)] = None,
+    async def kpi_page(request: Request, from_: Annotated[str | None, Query(alias="from", pattern=DAY_PATTERN)] = None,
                        to: DayQ = None):
         start, end = _range(dc.today(), from_, to)
         try:
             k = kpis.compute(store, site, start, end)
         except DayCloseError as exc:
             return HTMLResponse(_page("エラー", f"<p class=err>{escape(exc.ja)} / {escape(exc.en)}</p>"), status_code=422)
-        return HTMLResponse(render_kpi(k))
+        return HTMLResponse(with_user_bar(render_kpi(k), request))
 
     @router.get("/accounting/kpi.csv", include_in_schema=False)
     async def kpi_csv(from_: Annotated[str | None, Query(alias="from", pattern=DAY_PATTERN)] = None, to: DayQ = None,
@@ -157,10 +160,13 @@ def accounting_router(store: Store, site: Site, catalog: Any, *, clock=None) -> 
         return sheet
 
     @router.post("/api/v1/accounting/days/{day}/close")
-    async def close_day(day: DayP, body: CloseRequest):
+    async def close_day(day: DayP, body: CloseRequest, request: Request):
+        closed_by = recorded_staff(request, body.closed_by)
+        if closed_by is None:
+            return _error(DayCloseError("invalid", "締め者の職員番号が必要です", "closed_by is required"))
         try:
             denominations = {int(k): v for k, v in body.denominations.items()} if body.denominations else None
-            sheet = dc.close(day, closed_by=body.closed_by, counted_cash=body.counted_cash,
+            sheet = dc.close(day, closed_by=closed_by, counted_cash=body.counted_cash,
                              denominations=denominations, change_fund=body.change_fund)
         except DayCloseError as exc:
             logger.info("day close of %s refused: %s: %s", day, exc.code, exc.en)
@@ -172,9 +178,12 @@ def accounting_router(store: Store, site: Site, catalog: Any, *, clock=None) -> 
         return dc.adjustments(day=day)
 
     @router.post("/api/v1/accounting/days/{day}/adjustments", status_code=201)
-    async def adjust_day(day: DayP, body: AdjustRequest):
+    async def adjust_day(day: DayP, body: AdjustRequest, request: Request):
+        by = recorded_staff(request, body.by)
+        if by is None:
+            return _error(DayCloseError("invalid", "記録者の職員番号が必要です", "by is required"))
         try:
-            return dc.adjust(day, by=body.by, reason=body.reason, kind=body.kind, amount=body.amount,
+            return dc.adjust(day, by=by, reason=body.reason, kind=body.kind, amount=body.amount,
                              account_code=body.account_code, payment_id=body.payment_id,
                              cash_expected=body.cash_expected, cash_counted=body.cash_counted)
         except DayCloseError as exc:
@@ -491,10 +500,14 @@ _SCRIPT = """<script>
 "use strict";
 const $ = (id) => document.getElementById(id);
 function yen(v) { return (v < 0 ? "△" + (-v).toLocaleString("ja-JP") : v.toLocaleString("ja-JP")) + " 円"; }
+// Logged in (the strip at the top names who): the staff id is the login's.
+const who = document.getElementById("whoami");
+if (who) for (const id of ["staff", "adj-by"]) { const i = $(id); if (i) { i.value = who.dataset.staffId; i.readOnly = true; } }
 async function post(url, body, msg) {
   msg.className = "msg"; msg.textContent = "送信中… / sending";
   try {
     const r = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+    if (r.status === 401) { location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search)); return; }
     const data = await r.json();
     if (r.ok) { msg.textContent = "完了しました / done"; location.reload(); return; }
     msg.className = "msg err";
@@ -521,7 +534,8 @@ if (form) {
   $("change-fund").addEventListener("input", () => refresh(true));
   $("counted").addEventListener("input", () => refresh(false));
   $("close-btn").addEventListener("click", () => {
-    const body = {closed_by: $("staff").value.trim()};
+    const body = {};
+    if ($("staff").value.trim()) body.closed_by = $("staff").value.trim();
     const d = denominations();
     if (Object.keys(d).length) { body.denominations = d; body.change_fund = Number($("change-fund").value || 0); }
     if ($("counted").value !== "") body.counted_cash = Number($("counted").value);
@@ -531,9 +545,10 @@ if (form) {
 const adj = $("adjust-form");
 if (adj) {
   $("adj-btn").addEventListener("click", () => {
-    const body = {by: $("adj-by").value.trim(), reason: $("adj-reason").value.trim(), kind: $("adj-kind").value,
+    const body = {reason: $("adj-reason").value.trim(), kind: $("adj-kind").value,
                   amount: Number($("adj-amount").value || 0), account_code: $("adj-account").value,
                   cash_counted: Number($("adj-counted").value || 0)};
+    if ($("adj-by").value.trim()) body.by = $("adj-by").value.trim();
     post(`/api/v1/accounting/days/${adj.dataset.day}/adjustments`, body, $("adj-msg"));
   });
 }

@@ -62,7 +62,8 @@ async def serve(loaded: central_config.Loaded, *, database: Path | None = None, 
         )
         ledger = Ledger(store, site, loaded.catalog) if loaded.catalog is not None else None
         central = Central(engine, site, cfg.queue, link, ledger=ledger, command_ttl_s=cfg.payments.command_ttl_s)
-        app = create_app(central, mqtt_connected=lambda: link.connected, config_hash=loaded.config_hash)
+        app = create_app(central, mqtt_connected=lambda: link.connected, config_hash=loaded.config_hash,
+                         auth=cfg.auth)
         port = cfg.http.port if http_port is None else http_port
         server = uvicorn.Server(
             uvicorn.Config(app, host=cfg.http.host, port=port, log_level="warning", lifespan="off", access_log=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -27,6 +28,9 @@ def _run_central(args) -> int:
 def ticket_command(sub) -> None:
     p = sub.add_parser("ticket", help="issue and look at tickets through central's API")
     p.add_argument("--url", default=DEFAULT_URL, help="central's URL (default: %(default)s)")
+    p.add_argument("--token-file", help="a file holding an API token (madoguchi staff token ID); "
+                                        "default: $MADOGUCHI_API_TOKEN.  issue needs a kiosk or counter token, "
+                                        "show and list a counter token")
     tsub = p.add_subparsers(dest="ticket_cmd", metavar="ACTION", required=True)
     issue = tsub.add_parser("issue", help="issue one ticket for one or more procedures")
     issue.add_argument("procedures", nargs="+", metavar="PROCEDURE", help="procedure ids, e.g. tennyu kokuho-kanyu")
@@ -38,9 +42,23 @@ def ticket_command(sub) -> None:
     lst.set_defaults(func=_list)
 
 
-def _request(url: str, method: str = "GET", body: dict | None = None):
+def _token(args) -> str | None:
+    """The API token: --token-file, else $MADOGUCHI_API_TOKEN (never on the command line: ps shows it)."""
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                return f.readline().strip() or None
+        except OSError as exc:
+            raise SystemExit(f"トークンを読めません / cannot read the token file: {exc}") from None
+    return os.environ.get("MADOGUCHI_API_TOKEN", "").strip() or None
+
+
+def _request(url: str, method: str = "GET", body: dict | None = None, token: str | None = None):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())
@@ -78,17 +96,17 @@ def _base(url: str) -> str:
 
 
 def _issue(args) -> int:
-    _print_ticket(_request(f"{_base(args.url)}/api/v1/tickets", "POST", {"procedures": args.procedures}))
+    _print_ticket(_request(f"{_base(args.url)}/api/v1/tickets", "POST", {"procedures": args.procedures}, _token(args)))
     return 0
 
 
 def _show(args) -> int:
-    _print_ticket(_request(f"{_base(args.url)}/api/v1/tickets/{args.number}"))
+    _print_ticket(_request(f"{_base(args.url)}/api/v1/tickets/{args.number}", token=_token(args)))
     return 0
 
 
 def _list(args) -> int:
-    tickets = _request(f"{_base(args.url)}/api/v1/tickets?active=true")
+    tickets = _request(f"{_base(args.url)}/api/v1/tickets?active=true", token=_token(args))
     for t in tickets:
         _print_ticket(t)
     if not tickets:

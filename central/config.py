@@ -225,6 +225,30 @@ class PaymentSettings(Strict):
     command_ttl_s: float = Field(default=120.0, ge=5, le=3600)
 
 
+class AuthSettings(Strict):
+    """Web login (docs/security.md "Web login"): sessions, the cookie, the throttle."""
+
+    #: A browser session ends after this long without a request (any request
+    #: counts, the console's polling too: a page left open keeps it).
+    idle_timeout_s: float = Field(default=1800.0, ge=1, le=86400)
+    #: ... and this long after the login, whatever happens (a shift and overtime).
+    absolute_timeout_s: float = Field(default=43200.0, ge=1, le=7 * 86400)
+    #: Send the session cookie with ``Secure`` (HTTPS only).  Off for the
+    #: loopback development set-up; turn it on behind TLS.
+    secure_cookie: bool = False
+    #: Login throttle: after this many failed logins for one account from one
+    #: address within ``failure_window_s``, that pair is refused (429) until
+    #: the oldest of those failures is older than the window.
+    max_failures: int = Field(default=5, ge=1, le=100)
+    failure_window_s: float = Field(default=900.0, ge=1, le=86400)
+
+    @model_validator(mode="after")
+    def _order(self) -> AuthSettings:
+        if self.absolute_timeout_s < self.idle_timeout_s:
+            raise ValueError("auth absolute_timeout_s must be at least idle_timeout_s")
+        return self
+
+
 class CentralSettings(Strict):
     site_file: Path
     database: Path
@@ -246,6 +270,7 @@ class CentralConfig(Strict):
     http: HttpSettings = HttpSettings()
     queue: QueueSettings = QueueSettings()
     payments: PaymentSettings = PaymentSettings()
+    auth: AuthSettings = AuthSettings()
 
 
 class Loaded(BaseModel):
@@ -284,4 +309,4 @@ def load(path: str | Path) -> Loaded:
     return Loaded(config=config, site=site, config_hash=digest(raw), catalog=catalog)
 
 
-__all__ = ["CentralConfig", "ConfigError", "Loaded", "Site", "load"]
+__all__ = ["AuthSettings", "CentralConfig", "ConfigError", "Loaded", "Site", "load"]

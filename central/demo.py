@@ -87,9 +87,24 @@ def _port(preferred: int) -> int:
     raise DemoError("no free port")
 
 
+#: The demo's staff accounts (synthetic), all with :data:`DEMO_PASSWORD`:
+#: fixed and printed, because the demo listens on loopback only and a
+#: visitor to the demo should be able to log in (docs/security.md).
+DEMO_STAFF = (("demo-counter", "counter", "窓口デモ"), ("demo-accounting", "accounting", "会計デモ"), ("demo-it", "it", "情報政策デモ"))
+DEMO_PASSWORD = "madoguchi-demo"
+#: central's base URL → {role: API token}: the script's own requests to central
+#: carry the token of the role that may make them (docs/http-api.md §1).
+_TOKENS: dict[str, dict[str, str]] = {}
+
+
 def _http(method: str, url: str, body: dict | None = None, timeout: float = 5.0):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    for base, tokens in _TOKENS.items():
+        if url.startswith(base + "/"):
+            role = "accounting" if url.startswith(base + "/api/v1/accounting/") else "counter"
+            headers["Authorization"] = f"Bearer {tokens[role]}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         raw = resp.read()
         return json.loads(raw) if raw else None
@@ -176,6 +191,7 @@ class Office:
             "[queue]\nno_show_grace_s = 60\n",
             encoding="utf-8",
         )
+        kiosk_token = self._accounts()
         self._spawn("central", [sys.executable, "-m", "bus.cli", "central", "--config", str(central_toml)])
         _wait(lambda: _http("GET", f"{self.central}/healthz")["mqtt"] == "connected", "central")
 
@@ -206,7 +222,7 @@ class Office:
             f'[payments]\njournal = "{self.work / (KIOSK + "-payments.db")}"\n'
             f'[printer]\ndriver = "fake"\nfake_dir = "{self.tickets}"\n'
             f'[kiosk]\ncentral_url = "{self.central}"\npublic_url = "{self.central}/t/"\nport = {self.kiosk_port}\n'
-            f'journal = "{self.work / (KIOSK + "-journal.db")}"\n',
+            f'journal = "{self.work / (KIOSK + "-journal.db")}"\ntoken = "{kiosk_token}"\n',
             encoding="utf-8",
         )
         self._spawn(KIOSK, [sys.executable, "-m", "bus.cli", "edge", "--config", str(config)])
@@ -217,6 +233,24 @@ class Office:
         if self.voice != "off":
             _wait(lambda: self._online(LOBBY), LOBBY)
         _wait(lambda: _http("GET", f"{self.kiosk}api/status")["ready"] and self._online(KIOSK), KIOSK)
+
+    def _accounts(self) -> str:
+        """The demo's staff accounts and the kiosk's, in central's database
+        before central starts; the script's API tokens.  Returns the kiosk's token."""
+        from central.auth import Accounts
+        from central.store import Store
+
+        store = Store(self.work / "central.db")
+        try:
+            accounts = Accounts(store)
+            for staff_id, role, name in DEMO_STAFF:
+                accounts.add(staff_id, role, name=name, password=DEMO_PASSWORD, by="demo")
+            accounts.add(KIOSK, "kiosk", name="発券機1", by="demo")
+            _TOKENS[self.central] = {"counter": accounts.issue_token("demo-counter", by="demo"),
+                                     "accounting": accounts.issue_token("demo-accounting", by="demo")}
+            return accounts.issue_token(KIOSK, by="demo")
+        finally:
+            store.close()
 
     def _start_lobby(self) -> None:
         """The lobby Pi: every call announced (Open JTalk + espeak-ng), on
@@ -328,8 +362,7 @@ class Office:
     def charge(self, counter: str, lines: list[tuple[str, int]], method: str, *, ticket: int | None = None,
                brand: str | None = None, tendered: int | None = None, start: bool = True) -> dict:
         """What staff do on the counter console: charge the fee lines."""
-        body = {"lines": [{"code": c, "quantity": q} for c, q in lines], "method": method, "start": start,
-                "staff_id": f"demo{counter}"}
+        body = {"lines": [{"code": c, "quantity": q} for c, q in lines], "method": method, "start": start}
         if ticket is not None:
             body["ticket"] = ticket
         if brand:
@@ -448,7 +481,7 @@ def payments(office: Office, *, cert: int, mover: int) -> None:
     p = office.charge("1", [("inkan-shomei", 1)], "credit", brand="jcb")
     office.wait_payment(p["payment_id"], "pending")
     _http("POST", f"{office.central}/api/v1/payments/{p['payment_id']}/confirm",
-          {"counter": "1", "approved": True, "slip_no": "0042", "approval_no": "A12345", "staff_id": "demo1"})
+          {"counter": "1", "approved": True, "slip_no": "0042", "approval_no": "A12345"})
     p = office.wait_payment(p["payment_id"], "approved", "declined", "unknown")
     say(f"🖐 1番窓口: {p['message_ja']}（伝票番号 {p['slip_no']} を職員が入力）",
         f"counter 1: {p['message_en']} (slip {p['slip_no']} keyed in by staff)")
@@ -467,7 +500,7 @@ def payments(office: Office, *, cert: int, mover: int) -> None:
     say("── 3番窓口: 同じ日の取消（職員番号と理由が必要）──", "-- Counter 3: same-day void (needs a staff id and a reason) --")
     card = [q for q in _http("GET", f"{office.central}/api/v1/payments?counter=3") if q["state"] == "approved"][0]
     void = _http("POST", f"{office.central}/api/v1/payments/{card['payment_id']}/void",
-                 {"counter": "3", "staff_id": "demo3", "reason": "請求誤り"})
+                 {"counter": "3", "reason": "請求誤り"})
     office.wait_payment(void["payment_id"], "approved")
     office.wait_payment(card["payment_id"], "voided")
     say(f"↩️ 3番窓口: {card['amount']:,}円を取り消しました（端末で取消、取消票を印刷）",
@@ -618,6 +651,8 @@ def _run(args) -> int:
             + f"  機器管理 IT admin      {office.central}/admin\n"
             + f"  経理 accounting        {office.central}/accounting/day  /accounting/reconcile  /accounting/kpi\n"
             + "  API (OpenAPI)        " + office.central + "/openapi.json\n"
+            + f"  ログイン login         {office.central}/login  職員ID staff ID: "
+            + " / ".join(s for s, *_ in DEMO_STAFF) + f"  パスワード password: {DEMO_PASSWORD}\n"
             + f"  作業フォルダ logs      {workdir}\n",
             flush=True,
         )

@@ -10,8 +10,8 @@ docs/http-api.md).
 * ``GET /api/v1/fleet/audit``; ``GET /api/v1/fleet/alerts``;
   ``POST /api/v1/fleet/alerts/{id}/ack``.
 
-Who is asking comes from ONE dependency, :func:`current_requester`: the web
-login (central/auth.py, issue #7 item 3) replaces it.  Handlers are
+Who is asking comes from ONE dependency, :func:`current_requester`: the
+logged-in IT staff member (central/auth_web.py), recorded in the audit.  Handlers are
 ``async def``: central's store is used from its event loop only
 (central/web.py says why).
 """
@@ -21,12 +21,13 @@ from __future__ import annotations
 from importlib import resources
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from bus.models import MAX_REQUEST_BYTES, REQUEST_METHODS
 from bus.topics import ID_PATTERN
+from central.auth_web import principal_of, with_user_bar
 from central.fleet import FleetError
 
 DeviceId = Annotated[str, Path(pattern=ID_PATTERN, description="device id")]
@@ -36,12 +37,13 @@ ParamValue = Annotated[str, StringConstraints(max_length=MAX_REQUEST_BYTES)] | i
 
 
 def current_requester(request: Request) -> str:
-    """Who is asking, as recorded in the audit (``requested_by``).
-
-    The web login (central/auth.py) wires the logged-in IT staff member in
-    here; until then every request from the admin page is "it".
-    """
-    return "it"
+    """Who is asking, as recorded in the audit (``requested_by``): the staff
+    id of the login (session or API token).  Central's login check lets
+    only the ``it`` role reach these routes; without a login nothing is done."""
+    principal = principal_of(request)
+    if principal is None:
+        raise HTTPException(401, "login required")
+    return principal.staff_id
 
 
 Requester = Annotated[str, Depends(current_requester)]
@@ -62,8 +64,8 @@ def fleet_router(central) -> APIRouter:
     fleet = central.fleet
 
     @router.get("/admin", response_class=HTMLResponse)
-    async def admin_page():
-        return resources.files("central").joinpath("admin.html").read_text(encoding="utf-8")
+    async def admin_page(request: Request):
+        return with_user_bar(resources.files("central").joinpath("admin.html").read_text(encoding="utf-8"), request)
 
     @router.get("/api/v1/fleet/devices")
     async def list_devices():

@@ -19,9 +19,10 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from central.auth_web import with_user_bar
 from central.reconcile import Reconciler, report_csv, report_html
 
 MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
@@ -44,7 +45,7 @@ def reconcile_router(store: Any, site: Any, catalog: Any, *, today: Callable[[],
                              "message_en": "no fee catalog configured"}, status_code=503)
 
     @router.get("/accounting/reconcile", response_class=HTMLResponse)
-    async def reconcile_page(month: Annotated[str | None, Query(pattern=MONTH_PATTERN)] = None):
+    async def reconcile_page(request: Request, month: Annotated[str | None, Query(pattern=MONTH_PATTERN)] = None):
         if catalog is None:
             return unavailable()
         month = month or last_month()
@@ -54,7 +55,7 @@ def reconcile_router(store: Any, site: Any, catalog: Any, *, today: Callable[[],
                   f"<input type='month' name='month' value='{month}'></label> <button>表示 / show</button> "
                   f"<a href='/api/v1/reconcile/{month}/report.csv'>CSV</a> "
                   f"<a href='/api/v1/reconcile/{month}'>JSON</a></form>")
-        return HTMLResponse(page.replace("</h1>", "</h1>" + picker, 1))
+        return HTMLResponse(with_user_bar(page.replace("</h1>", "</h1>" + picker, 1), request))
 
     @router.get("/api/v1/reconcile/{month}")
     async def reconcile_json(month: Annotated[str, Path(pattern=MONTH_PATTERN)]) -> Any:

@@ -6,6 +6,12 @@ used from that one thread (a plain ``def`` handler would run in a thread pool,
 concurrently with the bus).  Each engine call is one short transaction.
 Request bodies are strict pydantic models; a body over :data:`MAX_BODY` bytes
 is refused before it is read.
+
+Who may use which route is decided in one place, before any handler runs:
+central/auth_web.py with the table of central/auth.py (docs/security.md "Web
+login").  Where a body names a staff id (a void, a confirmation), the
+logged-in staff id is what is recorded; a body that names another is refused
+(403 ``staff_mismatch``).
 """
 
 from __future__ import annotations
@@ -16,12 +22,16 @@ from datetime import datetime
 from importlib import resources
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from bus.topics import ID_PATTERN
 from bus.models import PaymentAction
+from central.auth import Accounts, AuthError
+from central.auth_web import install as install_login
+from central.auth_web import recorded_staff, route_check, with_user_bar
+from central.config import AuthSettings
 from central.ledger import PaymentError
 from central.queue import MAX_PROCEDURES, QueueError, TicketView
 from central.service import Central
@@ -135,7 +145,9 @@ class ActionOut(BaseModel):
     message_en: str
 
 
-def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: str = "") -> FastAPI:
+def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: str = "",
+               auth: AuthSettings | None = None) -> FastAPI:
+    """The app.  ``auth``: ``[auth]`` of central.toml (sessions, cookie, throttle)."""
     site = central.site
     engine = central.engine
     app = FastAPI(
@@ -146,7 +158,16 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         # network does not reach: serve the schema only (/openapi.json).
         docs_url=None,
         redoc_url=None,
+        # The login check runs before routing (central/auth_web.py); this
+        # checks the route the router really picked once more.
+        dependencies=[Depends(route_check)],
     )
+
+    # Web login (docs/security.md): /login, /logout, /api/v1/session, and the
+    # check in front of every route.  Its middleware is added first, so the
+    # body-size check below runs before it (the one added last is outermost).
+    install_login(app, Accounts(engine.store, auth), auth or AuthSettings(),
+                  site_ja=site.site.name_ja, site_en=site.site.name_en)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -163,6 +184,11 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
                 status_code=413,
             )
         return await call_next(request)
+
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, exc: AuthError):
+        logger.info("request refused: %s: %s", exc.code, exc.en)
+        return JSONResponse({"error": exc.code, "message_ja": exc.ja, "message_en": exc.en}, status_code=403)
 
     @app.exception_handler(QueueError)
     async def queue_error(request: Request, exc: QueueError):
@@ -299,10 +325,11 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
             raise PaymentError("invalid", f"支払方法 {method[:20]} の手順はありません", str(exc)[:200]) from None
 
     @app.post("/api/v1/counters/{counter}/charges", status_code=201)
-    async def create_charge(counter: str, body: ChargeRequest):
+    async def create_charge(counter: str, body: ChargeRequest, request: Request):
         row, lines, new = ledger().create_charge(
             counter=counter, lines=[(line.code, line.quantity) for line in body.lines], method=body.method,
-            brand=body.brand, tendered=body.tendered, ticket=body.ticket, staff_id=body.staff_id, payment_id=body.payment_id,
+            brand=body.brand, tendered=body.tendered, ticket=body.ticket, staff_id=recorded_staff(request, body.staff_id),
+            payment_id=body.payment_id,
         )
         if new or row.state == "sent":
             # New, or a retry of a charge the counter never confirmed (the
@@ -325,25 +352,30 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
         payment_id: Annotated[str, Path(max_length=36)],
         action: Literal["start", "cancel", "confirm", "resolve", "void", "reprint"],
         body: PaymentActionRequest,
+        request: Request,
     ):
         led = ledger()
+        # Logged in: the staff id is the login's (a different one in the body is refused).
+        staff_id = recorded_staff(request, body.staff_id)
         if action == "void":
-            if body.staff_id is None or body.reason is None:
+            if staff_id is None or body.reason is None:
                 raise PaymentError("invalid", "取消には職員番号と理由が必要です", "a void needs staff_id and reason")
-            new, kind = led.prepare_void(payment_id, counter=body.counter, staff_id=body.staff_id, reason=body.reason)
+            new, kind = led.prepare_void(payment_id, counter=body.counter, staff_id=staff_id, reason=body.reason)
             central.send_payment_command(
                 led.get(payment_id), PaymentAction.VOID if kind == "void" else PaymentAction.REFUND,
-                new_id=uuid.UUID(new.payment_id), staff_id=body.staff_id, reason=body.reason,
+                new_id=uuid.UUID(new.payment_id), staff_id=staff_id, reason=body.reason,
             )
             return {**led.get(new.payment_id).public(), "action": kind}
         row = led.check_counter(payment_id, body.counter)
-        if action in ("confirm", "resolve") and body.approved is not None and body.staff_id is None:
+        if action in ("confirm", "resolve") and body.approved is not None and staff_id is None:
             raise PaymentError("invalid", "確定には職員番号が必要です", "confirming needs staff_id")
         if action == "confirm" and body.approved is None:
             raise PaymentError("invalid", "結果（決済できた／できなかった）を選んでください", "confirm needs approved")
         if action in ("confirm", "resolve") and body.approved and row.method != "cash" and body.slip_no is None:
             raise PaymentError("invalid", "決済できた場合は伝票番号を入力してください", "an approval needs the slip number")
-        fields = {k: v for k, v in body.model_dump().items() if k != "counter" and v is not None}
+        fields = {k: v for k, v in body.model_dump().items() if k not in ("counter", "staff_id") and v is not None}
+        if staff_id is not None:
+            fields["staff_id"] = staff_id
         try:
             central.send_payment_command(row, PaymentAction(action), **fields)
         except ValueError as exc:
@@ -422,18 +454,18 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
     app.include_router(fleet_router(central))
 
     @app.get("/", response_class=HTMLResponse)
-    async def overview():
-        return resources.files("central").joinpath("overview.html").read_text(encoding="utf-8")
+    async def overview(request: Request):
+        return with_user_bar(resources.files("central").joinpath("overview.html").read_text(encoding="utf-8"), request)
 
     # The counter console (docs/console.md): one page; /console lists the
     # counters, /console/{counter} is the console of one (the page reads the
     # counter from its path and checks it with the API).
     @app.get("/console", response_class=HTMLResponse)
-    async def console_choose():
-        return resources.files("central").joinpath("console.html").read_text(encoding="utf-8")
+    async def console_choose(request: Request):
+        return with_user_bar(resources.files("central").joinpath("console.html").read_text(encoding="utf-8"), request)
 
     @app.get("/console/{counter}", response_class=HTMLResponse)
-    async def console(counter: Annotated[str, Path(pattern=ID_PATTERN)]):
-        return resources.files("central").joinpath("console.html").read_text(encoding="utf-8")
+    async def console(counter: Annotated[str, Path(pattern=ID_PATTERN)], request: Request):
+        return with_user_bar(resources.files("central").joinpath("console.html").read_text(encoding="utf-8"), request)
 
     return app

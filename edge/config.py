@@ -182,6 +182,10 @@ class KioskSettings(Strict):
     central_url: str = Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$", max_length=200)
     #: The QR on the ticket is this + the ticket's token, e.g. "https://madoguchi.example/t/".
     public_url: str = Field(pattern=r"^https?://[^\s?#]+$", max_length=200)
+    #: The kiosk's API token for central (``madoguchi staff add kiosk-1 --role kiosk``
+    #: prints it), sent as ``Authorization: Bearer``; it may only issue tickets.
+    #: Named ``token`` so that IT's get-config shows it masked (edge/fleet.py).
+    token: SecretStr | None = None
     #: The local touch page (Chromium in kiosk mode on the same Pi).
     host: str = "127.0.0.1"
     port: int = Field(default=8102, ge=0, le=65535)

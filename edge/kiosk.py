@@ -370,6 +370,8 @@ class KioskRole:
                  timeout: float | None = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.cfg.token is not None:  # [kiosk] token: central's kiosk account (docs/kiosk.md)
+            headers["Authorization"] = f"Bearer {self.cfg.token.get_secret_value()}"
         if key is not None:
             headers["Idempotency-Key"] = key
         req = urllib.request.Request(self.cfg.central_url.rstrip("/") + path, data=data, method=method, headers=headers)
@@ -492,6 +494,14 @@ class KioskRole:
                         logger.info("%s: ticket %d: central answered a retried key (%s…) with the same number",
                                     self.device, t.number, key[:8])
                     return t
+            elif code in (401, 403):
+                # Not the visitor's fault: the kiosk's token is missing, wrong or revoked.
+                logger.error("%s: central refused the kiosk's credentials (%s %s): set [kiosk] token to the token of "
+                             "`madoguchi staff add %s --role kiosk` (docs/kiosk.md)", self.device, code,
+                             str((body if isinstance(body, dict) else {}).get("error"))[:40], self.device)
+                self.journal.set(key, "refused", error=f"{code} credentials")
+                self._summarize()
+                raise Refused(503, "central_refused", CENTRAL_DOWN_JA, CENTRAL_DOWN_EN)
             elif code is not None and 400 <= code < 500:
                 answer = body if isinstance(body, dict) else {}
                 logger.warning("%s: central refused the ticket (key %s…): %s %s", self.device, key[:8], code,

@@ -34,7 +34,7 @@ def page(new_page):
 def cash(central, lines, tendered):
     status, sent = central.request("POST", "/api/v1/counters/1/charges", {
         "lines": [{"code": c, "quantity": q} for c, q in lines], "method": "cash", "tendered": tendered,
-        "staff_id": "A1001", "start": True, "payment_id": str(uuid.uuid4())})
+        "start": True, "payment_id": str(uuid.uuid4())})
     assert status == 201, sent
     pid = sent["payment_id"]
     return wait_for(lambda: (p := central.get(f"/api/v1/payments/{pid}"))["state"] == "approved" and p,
@@ -42,7 +42,8 @@ def cash(central, lines, tendered):
 
 
 def download(central, path) -> bytes:
-    with urllib.request.urlopen(central.url + path, timeout=10) as resp:
+    req = urllib.request.Request(central.url + path, headers={"Authorization": f"Bearer {central.token('accounting')}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
         return resp.read()
 
 
@@ -53,11 +54,12 @@ def test_day_sheet_shows_the_figures_and_is_closed_from_the_page(central_factory
     cash(central, [("inu-toroku", 1)], 3000)  # 3,000 (衛生手数料)
     wrong = cash(central, [("koseki-zenbu", 1)], 500)  # 450, voided below
     status, void = central.request("POST", f"/api/v1/payments/{wrong['payment_id']}/void",
-                                   {"counter": "1", "staff_id": "A1001", "reason": "科目違い"})
+                                   {"counter": "1", "reason": "科目違い"})
     assert status in (200, 201), void
     wait_for(lambda: central.get(f"/api/v1/payments/{wrong['payment_id']}")["state"] == "voided", what="voided")
     day = first["day"]
 
+    central.login_browser(page, "accounting")
     page.goto(f"{central.url}/accounting/day?date={day}")
     expect(page.locator("#status")).to_contain_text("未締め")
     expect(page.locator("#revenue")).to_have_text("3,900")
@@ -76,22 +78,22 @@ def test_day_sheet_shows_the_figures_and_is_closed_from_the_page(central_factory
     page.locator("input[data-yen='10']").fill("9")
     expect(page.locator("#counted")).to_have_value("3890")
     expect(page.locator("#preview")).to_have_text("△10 円")
-    page.get_by_role("button", name="締める / Close the day").click()
-    expect(page.locator("#close-msg")).to_contain_text("check the input")  # no staff id yet: refused
-    page.locator("#staff").fill("K0107")
+    # Who closes is the login (the field is filled in from it and cannot be changed).
+    expect(page.locator("#staff")).to_have_value(central.staff_id("accounting"))
+    expect(page.locator("#staff")).not_to_be_editable()
     page.get_by_role("button", name="締める / Close the day").click()
 
     expect(page.locator("#status")).to_contain_text("締め済")
     expect(page.locator("#over-short")).to_have_text("△10")
     expect(page.locator("#cash-counted")).to_have_text("3,890")
-    expect(page.locator("#closed-by")).to_contain_text("K0107")
+    expect(page.locator("#closed-by")).to_contain_text(central.staff_id("accounting"))
     expect(page.locator("#hash")).to_contain_text("照合一致")
     expect(page.locator("#denominations")).to_contain_text("1,000 円")
     expect(page.locator("#close-form")).to_have_count(0)
     expect(page.locator("#adjust-form")).to_be_visible()
 
     # Closed once: a second close is refused, and the workbook has the same figures.
-    status, answer = central.request("POST", f"/api/v1/accounting/days/{day}/close", {"counted_cash": 3900, "closed_by": "K1"})
+    status, answer = central.request("POST", f"/api/v1/accounting/days/{day}/close", {"counted_cash": 3900})
     assert status == 409 and answer["error"] == "closed"
     wb = load_workbook(io.BytesIO(download(central, f"/accounting/day.xlsx?date={day}")))
     ws = wb["日次処理表"]
@@ -105,7 +107,6 @@ def test_day_sheet_shows_the_figures_and_is_closed_from_the_page(central_factory
     page.locator("#adj-account").select_option("13-02-01")
     page.locator("#adj-amount").fill("-300")
     page.locator("#adj-reason").fill("住民票 1 通を過大計上")
-    page.locator("#adj-by").fill("K0107")
     page.get_by_role("button", name="記録する / Record").click()
     expect(page.locator("#adjustments tr[data-adjustment]")).to_have_count(1)
     expect(page.locator("#adjusted-revenue")).to_have_text("3,600")
@@ -119,6 +120,7 @@ def test_kpi_page_draws_its_charts(central_factory, page):
     central.post("/api/v1/counters/1/call-next")
     central.post("/api/v1/counters/3/call-next")
     central.post("/api/v1/counters/3/finish")
+    central.login_browser(page, "accounting")
     page.goto(f"{central.url}/accounting/kpi")
     expect(page.locator("svg.chart")).to_have_count(4)
     expect(page.locator("#chart-hours rect.bar")).not_to_have_count(0)

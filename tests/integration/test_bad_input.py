@@ -152,7 +152,8 @@ def test_an_http_action_retried_with_the_same_key_is_applied_once(central_factor
     def call_next():
         req = urllib.request.Request(
             central.url + "/api/v1/counters/1/call-next", data=b"{}", method="POST",
-            headers={"Content-Type": "application/json", "Idempotency-Key": headers_key},
+            headers={"Content-Type": "application/json", "Idempotency-Key": headers_key,
+                     "Authorization": f"Bearer {central.token('counter')}"},
         )
         with urllib.request.urlopen(req, timeout=5) as resp:
             return _json.loads(resp.read())

@@ -58,7 +58,8 @@ def printer():
 
 
 def kiosk_toml(broker_port: int, printer_port: int, central_url: str, workdir: Path, *, device: str,
-               port: int = 0, extra: str = "") -> str:
+               port: int = 0, extra: str = "", token: str = "") -> str:
+    """``token``: the kiosk account's API token (central's test account "kiosk")."""
     return f"""
 [device]
 id = "{device}"
@@ -81,6 +82,7 @@ central_url = "{central_url}"
 public_url = "{PUBLIC}"
 port = {port}
 journal = "{workdir / 'kiosk.db'}"
+token = "{token}"
 {extra}
 """
 
@@ -93,7 +95,7 @@ def kiosk(broker, printer, tmp_path):
     def start(central, *, wrap=None, central_url: str | None = None, extra: str = "request_timeout_s = 3\n"):
         device = f"kiosk-{uuid.uuid4().hex[:6]}"
         config = parse_toml(kiosk_toml(broker.port, printer.port, central_url or central.url, tmp_path,
-                                       device=device, extra=extra).encode(), EdgeConfig)
+                                       device=device, extra=extra, token=central.token("kiosk")).encode(), EdgeConfig)
         edge = RunningEdge(config)
         if wrap is not None:
             edge.daemon._printer = wrap(edge.daemon._make_printer())
@@ -309,7 +311,8 @@ def test_central_issues_once_per_idempotency_key(central_factory):
     central = central_factory()
 
     def issue(body, key):
-        return request(central.url + "/api/v1/tickets", json.dumps(body).encode(), headers={"Idempotency-Key": key})
+        return request(central.url + "/api/v1/tickets", json.dumps(body).encode(),
+                       headers={"Idempotency-Key": key, "Authorization": f"Bearer {central.token('kiosk')}"})
 
     key = uuid.uuid4().hex
     code, first = issue({"procedures": ["tennyu", "jidoteate"]}, key)
@@ -447,7 +450,7 @@ def kiosk_process(broker, printer, tmp_path):
     def make(central) -> KioskProcess:
         port = free_port()
         toml = kiosk_toml(broker.port, printer.port, central.url, tmp_path, device=f"kiosk-{uuid.uuid4().hex[:6]}",
-                          port=port, extra="request_timeout_s = 3\n")
+                          port=port, extra="request_timeout_s = 3\n", token=central.token("kiosk"))
         k = KioskProcess(tmp_path, toml, port)
         started.append(k)
         return k

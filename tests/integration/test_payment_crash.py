@@ -43,7 +43,7 @@ def start_edge(central, edge, **kwargs):
 
 def card_charge(central):
     status, sent = charge(central, lines=[{"code": "juminhyo", "quantity": 1}], method="credit", brand="visa",
-                          start=True, staff_id="s1")
+                          start=True)
     assert status == 201, sent
     return sent["payment_id"]
 

@@ -34,8 +34,7 @@ def approved_sales(sim):
 
 
 def card_charge(central, method="credit", brand="visa", code="juminhyo"):
-    status, sent = charge(central, lines=[{"code": code, "quantity": 1}], method=method, brand=brand, start=True,
-                          staff_id="s1")
+    status, sent = charge(central, lines=[{"code": code, "quantity": 1}], method=method, brand=brand, start=True)
     assert status == 201, sent
     return sent["payment_id"]
 
@@ -109,12 +108,12 @@ def test_unknown_resolved_by_staff_needs_a_slip_number(card_office, sim):
     wait_state(central, pid, "unknown", timeout=30)
     # The cable stays out: asking the terminal cannot help; staff read the terminal.
     status, answer = central.request("POST", f"/api/v1/payments/{pid}/resolve", {"counter": "1", "approved": True})
-    assert status == 422 and "職員番号" in answer["message_ja"]
+    assert status == 422 and "伝票番号" in answer["message_ja"]  # the staff id is the login's
     status, _ = central.request("POST", f"/api/v1/payments/{pid}/resolve",
-                                {"counter": "1", "approved": False, "staff_id": "s9"})
+                                {"counter": "1", "approved": False})
     assert status == 200
     p = wait_state(central, pid, "declined")
-    assert p["reason"] == "staff" and p["staff_id"] == "s9"
+    assert p["reason"] == "staff" and p["staff_id"] == central.staff_id("counter")  # the login's
 
 
 def test_void_of_a_card_payment_at_the_terminal(card_office, sim):
@@ -122,7 +121,7 @@ def test_void_of_a_card_payment_at_the_terminal(card_office, sim):
     pid = card_charge(central)
     wait_state(central, pid, "approved", timeout=30)
     status, void = central.request("POST", f"/api/v1/payments/{pid}/void",
-                                   {"counter": "1", "staff_id": "s1", "reason": "金額誤り"})
+                                   {"counter": "1", "reason": "金額誤り"})
     assert status == 200 and void["action"] == "void", void
     done = wait_state(central, void["payment_id"], "approved", timeout=30)
     assert wait_state(central, pid, "voided")
@@ -138,7 +137,7 @@ def test_emoney_that_cannot_be_voided_becomes_a_refund(card_office, sim):
     pid = card_charge(central, method="emoney", brand="nanaco")
     wait_state(central, pid, "approved", timeout=30)
     status, refund = central.request("POST", f"/api/v1/payments/{pid}/void",
-                                     {"counter": "1", "staff_id": "s1", "reason": "申請取下げ"})
+                                     {"counter": "1", "reason": "申請取下げ"})
     assert status == 200 and refund["action"] == "refund" and refund["kind"] == "refund", refund
     done = wait_state(central, refund["payment_id"], "approved", timeout=30)
     assert done["method"] == "cash" and done["original_id"] == pid and done["amount"] == 300
@@ -215,7 +214,7 @@ def test_a_void_that_never_reaches_the_counter_can_be_tried_again(central_factor
     pid = card_charge(central)
     wait_state(central, pid, "approved", timeout=30)
     edge.stop()  # the counter's Pi is off
-    body = {"counter": "1", "staff_id": "s1", "reason": "金額誤り"}
+    body = {"counter": "1", "reason": "金額誤り"}
     status, void = central.request("POST", f"/api/v1/payments/{pid}/void", body)
     assert status == 200
     status, _ = central.request("POST", f"/api/v1/payments/{pid}/void", body)
@@ -239,7 +238,7 @@ def test_an_unknown_settled_by_staff_keeps_the_time_the_sale_was_sent(card_offic
     time.sleep(2.0)
     resolved_at = datetime.now(timezone.utc)
     status, _ = central.request("POST", f"/api/v1/payments/{pid}/resolve",
-                                {"counter": "1", "approved": True, "slip_no": "0042", "staff_id": "s9"})
+                                {"counter": "1", "approved": True, "slip_no": "0042"})
     assert status == 200
     p = wait_state(central, pid, "approved")
     assert (resolved_at - datetime.fromisoformat(p["txn_at"])).total_seconds() > 1.5, p["txn_at"]

@@ -150,7 +150,7 @@ def test_void_and_refund_slips(central_factory, edges, printer, sim):
     sim.brand = "nanaco"
     central = central_factory()
     edges("counter-1", "1", extra=printer_toml(printer) + zvt_toml(sim))
-    body = {"counter": "1", "staff_id": "s1", "reason": "申請取下げ"}
+    body = {"counter": "1", "reason": "申請取下げ"}
     # Cash: voided at once, a 取消 slip.
     cash = paid(central)
     printer.wait_for_jobs(1, timeout=10)

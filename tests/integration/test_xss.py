@@ -98,6 +98,7 @@ central_url = "{central.url}"
 public_url = "{central.url}/t/"
 port = 0
 journal = "{tmp_path / 'kiosk.db'}"
+token = "{central.token('kiosk')}"
 """.encode(), EdgeConfig)
     edge = RunningEdge(config).start()
     try:
@@ -135,13 +136,19 @@ journal = "{tmp_path / 'kiosk.db'}"
 
         # Staff pages: the counter console and the overview.
         console = new_page()
+        central.login_browser(console, "counter")
         console.goto(f"{central.url}/console/3")
         console.get_by_text(service_ja).first.wait_for(timeout=10_000)
         shown_literally(console, service_ja)
         overview = new_page()
+        central.login_browser(overview, "counter")
         overview.goto(f"{central.url}/")
         overview.get_by_text(counter).first.wait_for(timeout=10_000)
         shown_literally(overview, counter)
+        # The login page names the site.
+        login = new_page()
+        login.goto(f"{central.url}/login")
+        shown_literally(login, site)
     finally:
         edge.stop()
         printer.close()
@@ -150,11 +157,12 @@ journal = "{tmp_path / 'kiosk.db'}"
 def test_markup_in_bodies_is_refused_and_not_echoed(central_factory, broker, tmp_path):
     central = central_factory()
     attacks = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "javascript:alert(1)", "tennyu<svg/onload=alert(1)>"]
+    kiosk = {"Authorization": f"Bearer {central.token('kiosk')}"}
     for attack in attacks:
-        code, headers, body = post(central.url + "/api/v1/tickets", json.dumps({"procedures": [attack]}).encode())
+        code, headers, body = post(central.url + "/api/v1/tickets", json.dumps({"procedures": [attack]}).encode(), kiosk)
         assert code == 422 and headers["content-type"].startswith("application/json"), (attack, code)
         code, headers, body = post(central.url + "/api/v1/tickets", b'{"procedures": ["tennyu"]}',
-                                   headers={"Idempotency-Key": attack})
+                                   headers={"Idempotency-Key": attack, **kiosk})
         assert code == 422 and headers["content-type"].startswith("application/json"), (attack, code)
     printer = FakeEscposPrinter()
     config = parse_toml(f"""
@@ -175,6 +183,7 @@ central_url = "{central.url}"
 public_url = "https://madoguchi.example/t/"
 port = 0
 journal = "{tmp_path / 'kiosk.db'}"
+token = "{central.token('kiosk')}"
 """.encode(), EdgeConfig)
     edge = RunningEdge(config).start()
     try:

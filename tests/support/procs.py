@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,21 +135,78 @@ def central_toml(workdir: Path, broker_port: int, http_port: int, *, site: Path 
     return path
 
 
+#: The staff accounts every test central gets (synthetic), named after their
+#: roles: "counter", "accounting", "it" log in with a password; "kiosk" has
+#: only an API token.  docs/security.md "Web login".
+TEST_ROLES = ("counter", "accounting", "it", "kiosk")
+
+
+@dataclass
+class StaffAccount:
+    staff_id: str
+    role: str
+    password: str | None
+    token: str
+
+
+def provision_accounts(database: Path) -> dict[str, StaffAccount]:
+    """Create (or refresh) the test accounts in ``database`` through the real
+    account code (central/auth.py), before central starts.  Their passwords
+    use cheap scrypt parameters (stored with each hash, as any hash's are) so
+    that a login costs milliseconds in tests; tests/integration/test_login.py
+    logs in with the default parameters too."""
+    from central.auth import Accounts, ScryptParams
+    from central.store import Store
+
+    cheap = ScryptParams(n=2**10, r=8, p=1)
+    store = Store(database)
+    try:
+        accounts = Accounts(store)
+        made = {}
+        for role in TEST_ROLES:
+            password = None if role == "kiosk" else f"{role}-pw-{os.urandom(4).hex()}"
+            if accounts.get(role) is None:
+                accounts.add(role, role, name=f"テスト{role}", password=password, params=cheap, by="tests")
+            elif password is not None:
+                accounts.set_password(role, password, params=cheap, by="tests")
+            made[role] = StaffAccount(role, role, password, accounts.issue_token(role, by="tests"))
+        return made
+    finally:
+        store.close()
+
+
 @dataclass
 class CentralProcess:
-    """``madoguchi central`` as a real child process."""
+    """``madoguchi central`` as a real child process.
+
+    Its database gets the :data:`TEST_ROLES` accounts before the first start;
+    :meth:`request` authenticates with an account's API token (by default the
+    first role the route allows, from central/auth.py's table), :meth:`login`
+    logs in through ``POST /login`` and :meth:`login_browser` puts that
+    session cookie into a Playwright page's context."""
 
     config: Path
     http_port: int
     log_path: Path
     proc: subprocess.Popen | None = None
     env: dict | None = None  # added to os.environ (e.g. NOTIFY_SOCKET)
+    accounts: dict[str, StaffAccount] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def database(self) -> Path | None:
+        try:
+            central = tomllib.loads(self.config.read_text(encoding="utf-8"))["central"]
+            return (self.config.parent / central["database"]).resolve()
+        except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+            return None
+
     def start(self, *, wait_mqtt: bool = True, wait: bool = True) -> "CentralProcess":
+        if not self.accounts and self.database is not None:
+            self.accounts = provision_accounts(self.database)
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bus.cli", "central", "--config", str(self.config)],
@@ -181,27 +240,85 @@ class CentralProcess:
         stop_process(self.proc)
 
     # tiny HTTP client --------------------------------------------------------
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    def token(self, role: str) -> str:
+        return self.accounts[role].token
+
+    def staff_id(self, role: str) -> str:
+        return self.accounts[role].staff_id
+
+    def role_for(self, method: str, path: str) -> str | None:
+        """The test account for a request: the first of :data:`TEST_ROLES`
+        that central/auth.py's table allows (None: a public route)."""
+        from central.auth import PUBLIC, allowed_roles
+
+        allowed = allowed_roles(method, path) or frozenset()
+        if PUBLIC in allowed:
+            return None
+        return next((r for r in TEST_ROLES if r in allowed), "counter")
+
+    def request(self, method: str, path: str, body: dict | None = None, *, role: str | None = "auto",
+                headers: dict | None = None) -> tuple[int, dict]:
+        """``role``: "auto" (see :meth:`role_for`), a role of :data:`TEST_ROLES`
+        (its API token), or None (no credentials)."""
+        if role == "auto":
+            role = self.role_for(method, path)
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        if role is not None:
+            sent["Authorization"] = f"Bearer {self.token(role)}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=sent)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
 
-    def get(self, path: str):
-        status, body = self.request("GET", path)
+    def get(self, path: str, *, role: str | None = "auto"):
+        status, body = self.request("GET", path, role=role)
         assert status == 200, (status, body)
         return body
 
-    def post(self, path: str, body: dict | None = None):
-        status, data = self.request("POST", path, body if body is not None else {})
+    def post(self, path: str, body: dict | None = None, *, role: str | None = "auto"):
+        status, data = self.request("POST", path, body if body is not None else {}, role=role)
         assert status in (200, 201), (status, data)
         return data
 
+    def login(self, role: str = "counter", *, password: str | None = None) -> str:
+        """Log in through ``POST /login`` (the form a browser sends, with this
+        site's Origin); returns the session cookie's value."""
+        account = self.accounts[role]
+        form = urllib.parse.urlencode({"login": account.staff_id, "password": password or account.password}).encode()
+        req = urllib.request.Request(self.url + "/login", data=form, method="POST", headers={
+            "Content-Type": "application/x-www-form-urlencoded", "Origin": self.url})
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            opener.open(req, timeout=10)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 303:
+                raise AssertionError(f"login as {role} answered {exc.code}") from None
+            for header in exc.headers.get_all("Set-Cookie") or []:
+                name, _, rest = header.partition("=")
+                if name == "madoguchi_session":
+                    return rest.split(";", 1)[0]
+        raise AssertionError(f"login as {role} set no session cookie")
+
+    def login_browser(self, page, role: str = "counter") -> str:
+        """Log ``page``'s browser context in as ``role`` (the session cookie
+        of a real login, added to the context).  Returns the cookie value."""
+        cookie = self.login(role)
+        page.context.add_cookies([{"name": "madoguchi_session", "value": cookie, "url": self.url + "/",
+                                   "httpOnly": True, "sameSite": "Strict"}])
+        return cookie
+
     def issue(self, *procedures: str) -> dict:
         return self.post("/api/v1/tickets", {"procedures": list(procedures)})
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Keep a 303 as an answer (the login's Set-Cookie is on it)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
 
 
 @dataclass
