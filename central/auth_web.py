@@ -162,7 +162,8 @@ def _page(title_ja: str, title_en: str, body: str, status: int = 200, headers: d
 
 
 def _bi(ja: str, en: str, cls: str = "") -> str:
-    return f'<p{f" class={cls!r}" if cls else ""}>{escape(ja)}<span class="en">{escape(en)}</span></p>'
+    attr = f' class="{cls}"' if cls else ""
+    return f'<p{attr}>{escape(ja)}<span class="en">{escape(en)}</span></p>'
 
 
 _LOGOUT_FORM = ('<form method="post" action="/logout"><button type="submit">ログアウト<span class="en">Log out</span>'
@@ -269,12 +270,17 @@ def install(app: FastAPI, accounts: Accounts, settings: AuthSettings, *, site_ja
                 resp.headers["WWW-Authenticate"] = 'Bearer realm="madoguchi", error="invalid_token"'
                 return resp
         else:
-            if method not in SAFE_METHODS and not same_origin(request):
+            cookie = request.cookies.get(COOKIE)
+            # CSRF: a browser sends the cookie by itself, so a state change
+            # riding on it must come from our own pages.  The login and logout
+            # forms too (no logging a victim into the attacker's account).  A
+            # request with no credentials at all gets its 401 below instead.
+            needs_origin = method not in SAFE_METHODS and (cookie is not None or PUBLIC in allowed)
+            if needs_origin and not same_origin(request):
                 logger.warning("refused %s %s from %s: Origin %r / Referer %r do not match Host %r", method, path,
                                client_of(request), (request.headers.get("origin") or "")[:100],
                                (request.headers.get("referer") or "")[:100], (request.headers.get("host") or "")[:100])
                 return _json(403, "bad_origin", *BAD_ORIGIN)
-            cookie = request.cookies.get(COOKIE)
             if cookie:
                 principal = accounts.session(cookie)
                 stale = principal is None
