@@ -223,6 +223,9 @@ async def run_lobby(daemon) -> int:
                 await asyncio.wait_for(daemon._stop.wait(), HEALTH_CHECK_S)
             except TimeoutError:
                 pass
+            # systemd's STATUS= (docs/systemd.md): the broker, and the voice unless it is ok.
+            voice, reason, _ = announcer.health()
+            daemon.notifier.status(daemon._status_line() + ("" if voice == "ok" else f"; voice: {reason or voice}"))
             if daemon.session.connected:
                 try:
                     h = health()

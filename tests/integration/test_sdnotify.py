@@ -345,24 +345,23 @@ def spawn_edge(workdir: Path, toml: str, env: dict[str, str]) -> subprocess.Pope
                                 stdout=log, stderr=log, cwd=REPO, env={**os.environ, **env})
 
 
-def test_kiosk_and_lobby_ready_watchdog_stopping(tmp_path, notify_sockets):
-    """The other two edge roles, side by side and without a broker: READY
-    with a status line, watchdog pings with their state folder's write check
-    wired in (the ``.alive`` file beside the role's journal), STOPPING on
-    SIGTERM, exit 0."""
+def test_kiosk_and_lobby_ready_status_watchdog_stopping(tmp_path, broker, notify_sockets):
+    """The other two edge roles, side by side: READY with a status line, the
+    status line following the broker, watchdog pings with their state
+    folder's write check wired in (the ``.alive`` file beside the role's
+    journal), STOPPING on SIGTERM, exit 0."""
     from drivers.printer import FakeEscposPrinter
     from tests.integration.test_kiosk import kiosk_toml
 
-    nobody = free_port()
     printer = FakeEscposPrinter()
     kiosk_dir, lobby_dir = tmp_path / "kiosk", tmp_path / "lobby"
     kiosk_dir.mkdir()
     player = json.dumps([sys.executable, "-m", "drivers.voice.record", "--dir", str(lobby_dir / "speaker"), "{wav}"])
     roles = {
-        "kiosk": (kiosk_dir, kiosk_toml(nobody, printer.port, "http://127.0.0.1:9/", kiosk_dir, device="kiosk-sd"),
+        "kiosk": (kiosk_dir, kiosk_toml(broker.port, printer.port, "http://127.0.0.1:9/", kiosk_dir, device="kiosk-sd"),
                   kiosk_dir / "kiosk.db.alive"),
         "lobby": (lobby_dir,
-                  f'[device]\nid = "lobby-sd"\nsite = "midori"\nrole = "lobby"\n[mqtt]\nport = {nobody}\n'
+                  f'[device]\nid = "lobby-sd"\nsite = "midori"\nrole = "lobby"\n[mqtt]\nport = {broker.port}\n'
                   f'[voice]\nplayer = {player}\n[payments]\njournal = "{lobby_dir / "journal.db"}"\n',
                   lobby_dir / "journal.db.alive"),
     }
@@ -376,6 +375,7 @@ def test_kiosk_and_lobby_ready_watchdog_stopping(tmp_path, notify_sockets):
             assert ready.fields["READY"] == "1" and ready.fields.get("STATUS"), (role, ready.fields)
             sock.wait(lambda n: n.fields.get("WATCHDOG") == "1", 3, f"{role} WATCHDOG=1")
             assert alive.exists(), f"{role}: the watchdog's write check did not run on {alive}"
+            sock.wait(lambda n: n.fields.get("STATUS", "").startswith("オンライン / online"), 10, f"{role} STATUS online")
         for proc, _, _ in running.values():
             proc.send_signal(signal.SIGTERM)
         for role, (proc, sock, _) in running.items():
