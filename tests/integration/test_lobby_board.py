@@ -119,6 +119,26 @@ def test_stale_when_central_hangs_and_recovers_by_itself(central_factory, page):
     expect(page.locator("#latest")).to_have_attribute("data-ticket", "1")
 
 
+def test_stale_when_central_stops_and_clears_after_a_restart(central_factory, page):
+    """A real restart (the process gone, a new one on the same port and
+    database): the board says it is stale, then carries on by itself."""
+    central = central_factory()
+    number = central.issue("juminhyo")["number"]
+    open_board(page, central)
+    expect(train(page, number)).to_be_visible()
+    central.kill(signal.SIGKILL)
+    expect(page.locator("#stale")).to_be_visible(timeout=6000)
+    expect(page.locator("#stale")).to_have_text("更新されていません / Not updated")
+    expect(train(page, number)).to_be_visible()  # the last known board stays, greyed
+    restarted = type(central)(central.config, central.http_port, central.log_path).start()
+    try:
+        expect(page.locator("#stale")).to_be_hidden(timeout=6000)
+        restarted.post("/api/v1/counters/3/call-next")
+        expect(page.locator("#latest")).to_have_attribute("data-ticket", str(number), timeout=3000)
+    finally:
+        restarted.stop()
+
+
 def test_many_tickets_page_through(central_factory, page):
     central = central_factory()
     for i in range(25):
