@@ -21,6 +21,7 @@ of a real ticket and a real card payment.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -39,7 +40,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.journald import FakeJournald
-from tests.support.procs import REPO, CentralProcess, EdgeProcess, central_toml, free_port, wait_for
+from tests.support.procs import (
+    REPO,
+    CentralProcess,
+    EdgeProcess,
+    central_toml,
+    free_port,
+    wait_for,
+)
 
 pytest.importorskip("systemd.daemon", reason="systemd-python is not installed (the 'systemd' extra)")
 
@@ -148,7 +156,7 @@ def pings(notes: list[Note]) -> list[Note]:
 def assert_healthy_pings(notes: list[Note], seconds: float) -> None:
     got = pings(notes)
     assert len(got) >= int(seconds), f"{len(got)} pings in {seconds} s: {[n.fields for n in notes]}"
-    gaps = [b.at - a.at for a, b in zip(got, got[1:])]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(got)]
     # Half of WATCHDOG_USEC apart, and never near the 2 s systemd would wait.
     assert all(0.5 < g < 1.7 for g in gaps), gaps
 
@@ -361,8 +369,8 @@ def test_kiosk_and_lobby_ready_status_watchdog_stopping(tmp_path, broker, notify
         "kiosk": (kiosk_dir, kiosk_toml(broker.port, printer.port, "http://127.0.0.1:9/", kiosk_dir, device="kiosk-sd"),
                   kiosk_dir / "kiosk.db.alive"),
         "lobby": (lobby_dir,
-                  f'[device]\nid = "lobby-sd"\nsite = "midori"\nrole = "lobby"\n[mqtt]\nport = {broker.port}\n'
-                  f'[voice]\nplayer = {player}\n[payments]\njournal = "{lobby_dir / "journal.db"}"\n',
+                  (f'[device]\nid = "lobby-sd"\nsite = "midori"\nrole = "lobby"\n[mqtt]\nport = {broker.port}\n'
+                   f'[voice]\nplayer = {player}\n[payments]\njournal = "{lobby_dir / "journal.db"}"\n'),
                   lobby_dir / "journal.db.alive"),
     }
     running: dict[str, tuple[subprocess.Popen, NotifySocket, Path]] = {}
