@@ -214,7 +214,7 @@ def user_bar(request: Request) -> str:
     p = principal_of(request)
     if p is None:
         return ""
-    return (f'<div id="whoami" data-staff-id="{escape(p.staff_id)}" data-role="{escape(p.role)}" '
+    return (f'<div id="whoami" class="noprint" data-staff-id="{escape(p.staff_id)}" data-role="{escape(p.role)}" '
             'style="background:#0b2440;color:#fff;font-size:13px;padding:3px 20px;display:flex;gap:12px;'
             'justify-content:flex-end;align-items:center">'
             f'<span>ログイン中 <b>{escape(p.name)}</b>（{escape(p.staff_id)}・{escape(ROLE_JA[p.role])}）'

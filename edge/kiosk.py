@@ -390,6 +390,8 @@ class KioskRole:
             if self._site is not None and time.monotonic() - self._site_at < SITE_TTL_S:
                 return self._site
         code, site = self._central("GET", "/api/v1/site")
+        if code in (401, 403):
+            raise OSError(f"central refused the kiosk's token ({code}): set [kiosk] token (docs/kiosk.md)")
         if code != 200 or not isinstance(site, dict):
             raise OSError(f"central answered {code} to GET /api/v1/site")
         with self._lock:

@@ -372,3 +372,56 @@ def test_an_idle_session_ends(central_factory):
     # A page: to the login again.
     status, headers, _ = http(idle, "GET", "/console/1", cookie=cookie)
     assert status == 303 and headers["Location"].startswith("/login?next=")
+
+
+def test_a_kiosk_issues_with_its_token_and_stops_when_it_is_revoked(central, broker, tmp_path, caplog):
+    from bus.configfile import parse_toml
+    from drivers.printer import FakeEscposPrinter
+    from edge.config import EdgeConfig
+    from tests.support.edges import RunningEdge
+
+    made = staff(central, "add", "kiosk-7", "--role", "kiosk")
+    assert made.returncode == 0, made.stderr
+    printer = FakeEscposPrinter()
+    config = parse_toml(f"""
+[device]
+id = "kiosk-7"
+site = "midori"
+role = "kiosk"
+[mqtt]
+port = {broker.port}
+[payments]
+journal = "{tmp_path / 'payments.db'}"
+[printer]
+driver = "network"
+host = "127.0.0.1"
+tcp_port = {printer.port}
+[kiosk]
+central_url = "{central.url}"
+public_url = "{central.url}/t/"
+port = 0
+journal = "{tmp_path / 'kiosk.db'}"
+request_timeout_s = 2
+token = "{made.stdout.strip()}"
+""".encode(), EdgeConfig)
+    edge = RunningEdge(config).start()
+    try:
+        edge.wait(lambda: getattr(edge.daemon, "kiosk", None) is not None, 10, "kiosk up")
+        issue = edge.daemon.kiosk.url + "api/issue"
+        req = urllib.request.Request(issue, data=b'{"procedures": ["juminhyo"]}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200 and json.loads(r.read())["printed"] is True
+        assert staff(central, "disable", "kiosk-7").returncode == 0
+        with caplog.at_level("ERROR", logger="edge.kiosk"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(issue, data=b'{"procedures": ["tenkyo"]}', method="POST",
+                                                              headers={"Content-Type": "application/json"}), timeout=30)
+        answer = json.loads(refused.value.read())
+        assert refused.value.code == 503 and answer["message_ja"] == "ただいま発券できません。職員をお呼びください"
+        assert any("refused the kiosk's credentials" in r.getMessage() and "--role kiosk" in r.getMessage()
+                   for r in caplog.records)
+        assert [t["number"] for t in central.get("/api/v1/tickets?active=true") if t["procedures"] == ["tenkyo"]] == []
+    finally:
+        edge.stop()
+        printer.close()
