@@ -43,14 +43,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from central.auth import (
     ACCESS,
     HOME,
-    allowed_roles,
-    AuthError,
     KIOSK,
     MAX_PASSWORD,
     PUBLIC,
     ROLE_JA,
     Accounts,
+    AuthError,
     Principal,
+    allowed_roles,
     normalize_login,
     safe_next,
     verify_password,
@@ -373,4 +373,4 @@ def install(app: FastAPI, accounts: Accounts, settings: AuthSettings, *, site_ja
         return out
 
 
-__all__ = ["COOKIE", "install", "route_check", "principal_of", "recorded_staff", "same_origin", "user_bar", "with_user_bar"]
+__all__ = ["COOKIE", "install", "principal_of", "recorded_staff", "route_check", "same_origin", "user_bar", "with_user_bar"]

@@ -177,7 +177,7 @@ def test_last_seen_is_written_at_most_every_quarter_of_the_idle_time(store, cloc
     acc = accounts_on(store, clock, idle_timeout_s=120, absolute_timeout_s=3600)
     acc.add("k0107", "counter", password="long-enough", params=CHEAP)
     token = login(acc, "k0107", "long-enough")
-    seen = lambda: store.conn.execute("SELECT last_seen FROM staff_sessions").fetchone()[0]  # noqa: E731
+    seen = lambda: store.conn.execute("SELECT last_seen FROM staff_sessions").fetchone()[0]
     first = seen()
     clock.advance(20)
     acc.session(token)
