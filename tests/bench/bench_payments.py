@@ -36,9 +36,13 @@ from tests.support.edges import RunningEdge, edge_config
 from tests.support.procs import Broker, CentralProcess, central_toml, free_port
 
 
+#: Headers of every request: the test central's counter account token (docs/security.md "Web login").
+AUTH: dict[str, str] = {}
+
+
 def http(method: str, url: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json", **AUTH})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
@@ -78,6 +82,7 @@ def main() -> int:
         http_port = free_port()
         central = CentralProcess(central_toml(work / "central", broker.port, http_port), http_port, work / "central.log").start()
         url = central.url
+        AUTH["Authorization"] = f"Bearer {central.token('counter')}"
         edge = RunningEdge(edge_config(
             "counter-1", "1", broker.port,
             extra=f'[terminal]\ndriver = "zvt"\nport = "{sim.link}"\n[payments]\njournal = "{work / "journal.db"}"\n',
