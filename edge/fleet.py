@@ -54,14 +54,12 @@ from bus import PayloadError, decode, encode
 from bus.codec import describe
 from bus.configfile import ConfigError, digest, parse_toml
 from bus.models import MAX_REQUEST_BYTES, REQUEST_METHODS, Request, Response, utcnow
+from bus.sdnotify import EXIT_RESTART  # 75, EX_TEMPFAIL: systemd starts the daemon again (docs/systemd.md)
 from bus.sqlitedb import Database, DatabaseError
 from bus.topics import TopicError, Topics, parse
 
 logger = logging.getLogger(__name__)
 
-#: The daemon's exit code after an accepted ``restart`` (EX_TEMPFAIL,
-#: sysexits.h): systemd's ``Restart=on-failure`` (or ``always``) starts it again.
-EXIT_RESTART = 75
 #: How long an answer waits at the broker for its requester (MQTT message expiry).
 ANSWER_EXPIRY_S = 60
 #: A request stamped further ahead of our clock than this is refused.
