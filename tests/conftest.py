@@ -21,12 +21,21 @@ def central_factory(tmp_path, broker):
 
     def start(*, site=None, database=None, extra: str = "", broker_port: int | None = None) -> CentralProcess:
         kwargs = {"site": site} if site else {}
-        http_port = free_port()
         name = f"central{len(started)}"
-        config = central_toml(tmp_path / name, broker_port or broker.port, http_port, database=database, extra=extra, **kwargs)
-        proc = CentralProcess(config, http_port, tmp_path / f"{name}.log")
-        started.append(proc)
-        return proc.start()
+        for attempt in range(3):
+            # free_port() lets the port go again before central binds it; on a
+            # busy machine something else may take it in between: another port.
+            http_port = free_port()
+            config = central_toml(tmp_path / name, broker_port or broker.port, http_port, database=database, extra=extra,
+                                  **kwargs)
+            proc = CentralProcess(config, http_port, tmp_path / f"{name}-{attempt}.log" if attempt else tmp_path / f"{name}.log")
+            started.append(proc)
+            try:
+                return proc.start()
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     yield start
     for proc in started:
