@@ -365,6 +365,9 @@ def test_a_device_going_offline_is_seen_within_the_keepalive_and_the_page_turns_
         open_alert = page.locator(f'#alerts tr[data-id="{alert["id"]}"]')
         open_alert.wait_for(timeout=5000)
         assert open_alert.get_attribute("data-open") == "true" and open_alert.get_attribute("data-device") == "counter-2"
+        if os.environ.get("MADOGUCHI_SCREENSHOTS") == "1":  # docs/img/admin.png (README)
+            page.wait_for_timeout(300)  # fonts settled
+            page.screenshot(path=str(REPO / "docs" / "img" / "admin.png"), full_page=True)
         status, body = central.request("POST", "/api/v1/fleet/devices/counter-2/requests/identify", {"params": {}})
         assert status == 409 and body["error"] == "offline"
 
