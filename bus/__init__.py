@@ -10,4 +10,4 @@ both depend on it and meet only through it.
 from bus.codec import MAX_PAYLOAD_BYTES, PayloadError, decode, encode
 from bus.models import SCHEMA_VERSION
 
-__all__ = ["MAX_PAYLOAD_BYTES", "PayloadError", "SCHEMA_VERSION", "decode", "encode"]
+__all__ = ["MAX_PAYLOAD_BYTES", "SCHEMA_VERSION", "PayloadError", "decode", "encode"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from importlib.metadata import entry_points, version, PackageNotFoundError
+from importlib.metadata import PackageNotFoundError, entry_points, version
 
 GROUP = "madoguchi.commands"
 

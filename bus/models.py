@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from bus.topics import ID_PATTERN
 
@@ -34,7 +41,7 @@ DisplayText = Annotated[str, StringConstraints(max_length=80)]
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Message(BaseModel):

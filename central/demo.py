@@ -70,7 +70,7 @@ def _voice_mode(choice: str) -> str:
     if choice != "auto":
         return choice
     try:
-        cards = subprocess.run(["aplay", "-l"], capture_output=True, text=True, timeout=5).stdout
+        cards = subprocess.run(["aplay", "-l"], check=False, capture_output=True, text=True, timeout=5).stdout
     except (OSError, subprocess.SubprocessError):
         return "files"
     return "speaker" if "card " in cards else "files"
@@ -159,8 +159,8 @@ class Office:
 
     def _spawn(self, name: str, argv: list[str]) -> Child:
         log = self.work / f"{name}.log"
-        handle = open(log, "ab")
-        proc = subprocess.Popen(argv, stdout=handle, stderr=handle, stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(log, "ab") as handle:  # the child has its own copy of the descriptor
+            proc = subprocess.Popen(argv, stdout=handle, stderr=handle, stdin=subprocess.DEVNULL, start_new_session=True)
         child = Child(name, proc, log)
         self.children.append(child)
         return child
@@ -379,7 +379,7 @@ class Office:
         """Run a ``madoguchi`` accounting command on the demo's database (as accounting staff would)."""
         result = subprocess.run(
             [sys.executable, "-m", "bus.cli", argv[0], "--config", str(self.work / "central.toml"), *argv[1:]],
-            capture_output=True, text=True, timeout=120,
+            check=False, capture_output=True, text=True, timeout=120,
         )
         if result.returncode != 0:
             raise DemoError(f"madoguchi {' '.join(argv[:2])} failed ({result.returncode}): {result.stderr[-800:]}")
@@ -472,7 +472,7 @@ def payments(office: Office, *, cert: int, mover: int) -> None:
     if p["state"] != "approved":
         raise DemoError(f"the card payment should be approved, is {p['state']}")
     _wait(lambda: office.receipts_printed() > printed, "the slip printed", timeout=10)
-    say(f"🧾 利用控えを印刷しました: {sorted(office.receipts.glob('counter-3-*.png'))[-1]}",
+    say(f"🧾 利用控えを印刷しました: {max(office.receipts.glob('counter-3-*.png'))}",
         "the slip was printed (a picture of it is in the receipts folder)")
     office.pause(1.5)
 
@@ -498,7 +498,7 @@ def payments(office: Office, *, cert: int, mover: int) -> None:
     office.pause(1.5)
 
     say("── 3番窓口: 同じ日の取消（職員番号と理由が必要）──", "-- Counter 3: same-day void (needs a staff id and a reason) --")
-    card = [q for q in _http("GET", f"{office.central}/api/v1/payments?counter=3") if q["state"] == "approved"][0]
+    card = next(q for q in _http("GET", f"{office.central}/api/v1/payments?counter=3") if q["state"] == "approved")
     void = _http("POST", f"{office.central}/api/v1/payments/{card['payment_id']}/void",
                  {"counter": "3", "reason": "請求誤り"})
     office.wait_payment(void["payment_id"], "approved")

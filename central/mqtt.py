@@ -19,8 +19,8 @@ import logging
 import math
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -148,7 +148,7 @@ class CentralLink:
         # is not up yet; paho keeps trying in its thread.
         self.client.connect_async(self.host, self.port, self.keepalive_s, clean_start=False, properties=props)
         self.client.loop_start()
-        self.client._thread.name = "mqtt-central"  # noqa: SLF001 - name the thread for py-spy/logs
+        self.client._thread.name = "mqtt-central"
 
     def publish(self, topic: str, message: Message, *, qos: int = 1, retain: bool = False, expiry_s: float | None = None) -> None:
         props = None

@@ -26,9 +26,9 @@ import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bus.sdnotify import log_fields
@@ -140,7 +140,7 @@ class CounterView:
 
 
 def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat()
+    return t.astimezone(UTC).isoformat()
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -166,7 +166,7 @@ class QueueEngine:
         self.store = store
         self.site = site
         self.settings = settings
-        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.clock = clock or (lambda: datetime.now(UTC))
         self.zone = ZoneInfo(site.site.timezone)
         self._services = {s.id: s for s in site.services}
         self._counters = {c.id: c for c in site.counters}

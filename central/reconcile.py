@@ -31,10 +31,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bus.models import utcnow
+from central.exports import csv_row
 from central.statement import TYPE_JA, audit, check_month
 from central.store import Store
-
-from central.exports import csv_row
 
 logger = logging.getLogger(__name__)
 

@@ -20,19 +20,19 @@ from bus import PayloadError, decode
 from bus.models import (
     EVENT_KINDS,
     CallEntry,
+    ChargeCommand,
     DeviceState,
     DisplayCommand,
     DisplayMode,
     Intent,
-    ChargeCommand,
     IntentEvent,
     LedgerAck,
     LobbyBoard,
+    Message,
     PaymentAction,
     PaymentCommand,
     PaymentEvent,
     PayMethod,
-    Message,
     ServiceWait,
     Status,
     command_expiry,
@@ -40,7 +40,7 @@ from bus.models import (
 )
 from bus.sdnotify import log_fields
 from bus.topics import TopicError, Topics, parse
-from central.config import Site, QueueSettings
+from central.config import QueueSettings, Site
 from central.fleet import Fleet
 from central.ledger import Ledger, PaymentError
 from central.queue import Outcome, QueueEngine, QueueError, StopState

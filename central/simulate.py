@@ -14,8 +14,8 @@ and the command that made it.
 from __future__ import annotations
 
 import heapq
-import logging
 import itertools
+import logging
 import math
 import random
 import statistics
@@ -28,7 +28,15 @@ from pydantic import Field, StringConstraints, model_validator
 
 from bus.configfile import load_toml
 from bus.topics import ID_PATTERN
-from central.config import Counter, Procedure, QueueSettings, Service, Site, SiteInfo, Strict
+from central.config import (
+    Counter,
+    Procedure,
+    QueueSettings,
+    Service,
+    Site,
+    SiteInfo,
+    Strict,
+)
 from central.queue import QueueEngine
 from central.store import Store
 
@@ -288,7 +296,7 @@ class Day:
         c.overtime = True
         self._close_if_done(c)
 
-    def _close_if_done(self, c: "CounterState") -> None:
+    def _close_if_done(self, c: CounterState) -> None:
         if c.overtime and c.open_now and not c.busy and not self._active():
             self._on_close(c.id)
 

@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 
 from bus.sqlitedb import Database
-
 from central.schema_auth import AUTH_SQL
 from central.schema_dayclose import DAYCLOSE_SQL
 from central.schema_fleet import FLEET_SQL

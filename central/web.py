@@ -26,8 +26,8 @@ from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from bus.topics import ID_PATTERN
 from bus.models import PaymentAction
+from bus.topics import ID_PATTERN
 from central.auth import Accounts, AuthError
 from central.auth_web import install as install_login
 from central.auth_web import recorded_staff, route_check, with_user_bar
@@ -449,7 +449,9 @@ def create_app(central: Central, *, mqtt_connected=lambda: False, config_hash: s
     from central.visit_web import visit_router
 
     app.include_router(visit_router(engine, site))
-    from central.fleet_web import fleet_router  # IT's admin page and the fleet API (issue #7)
+    from central.fleet_web import (
+        fleet_router,  # IT's admin page and the fleet API (issue #7)
+    )
 
     app.include_router(fleet_router(central))
 

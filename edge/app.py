@@ -11,13 +11,21 @@ import logging
 import signal
 import time
 import uuid
-from pathlib import Path
-from zoneinfo import ZoneInfo
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from bus.configfile import ConfigError
-from bus.models import HealthState, Health, Info, PeripheralHealth, PeripheralInfo, Role, utcnow
+from bus.models import (
+    Health,
+    HealthState,
+    Info,
+    PeripheralHealth,
+    PeripheralInfo,
+    Role,
+    utcnow,
+)
 from bus.sdnotify import Notifier, log_fields, set_journal_fields, write_probe
 from bus.topics import Topics
 from drivers.buttons import ButtonError, ButtonPanel, press
@@ -305,7 +313,9 @@ class EdgeDaemon:
             )
             self.role = CounterRole(cfg, self.topics, self.display, self.session, boot_id=self.boot_id, next_seq=self.next_seq)
             if self.printer is not None:
-                from edge.printing import PrintSpool  # python-escpos is only needed with a printer
+                from edge.printing import (
+                    PrintSpool,  # python-escpos is only needed with a printer
+                )
             self.printer_spool = PrintSpool(self.journal, self.printer, device=cfg.device.id,
                                             header=(cfg.payments.office_ja, cfg.payments.office_en),
                                             counter_name=(cfg.device.counter_name_ja, cfg.device.counter_name_en),

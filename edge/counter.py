@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
-import statistics
 import logging
+import statistics
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta

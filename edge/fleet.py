@@ -54,7 +54,9 @@ from bus import PayloadError, decode, encode
 from bus.codec import describe
 from bus.configfile import ConfigError, digest, parse_toml
 from bus.models import MAX_REQUEST_BYTES, REQUEST_METHODS, Request, Response, utcnow
-from bus.sdnotify import EXIT_RESTART  # 75, EX_TEMPFAIL: systemd starts the daemon again (docs/systemd.md)
+from bus.sdnotify import (
+    EXIT_RESTART,  # 75, EX_TEMPFAIL: systemd starts the daemon again (docs/systemd.md)
+)
 from bus.sqlitedb import Database, DatabaseError
 from bus.topics import TopicError, Topics, parse
 

@@ -841,9 +841,9 @@ async def run_kiosk(daemon) -> int:
     """:meth:`EdgeDaemon.run` for role "kiosk": the printer, the page, MQTT
     for info and health (the printer's state as "printer"); no buttons, no
     counter display, no payments."""
+    from bus.sqlitedb import DatabaseError
     from drivers.errors import DriverError
     from edge.app import EXIT_HARDWARE, HEALTH_EVERY_S
-    from bus.sqlitedb import DatabaseError
     from edge.fleet import EdgeFleet
     from edge.session import EdgeSession
 

@@ -131,8 +131,8 @@ async def run_lobby(daemon) -> int:
     A missing voice, SoX or player does not stop the daemon: it keeps running,
     chimes with what it has and says what is missing in its health, so IT sees
     the reason instead of an offline device."""
-    from edge.app import EXIT_HARDWARE, _version
     from bus.sqlitedb import DatabaseError
+    from edge.app import EXIT_HARDWARE, _version
     from edge.fleet import EdgeFleet
     from edge.session import EdgeSession
 

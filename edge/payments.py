@@ -52,7 +52,14 @@ from bus.models import (
 )
 from bus.sdnotify import log_fields
 from bus.topics import Topics
-from drivers.terminal.base import Outcome, Terminal, TerminalError, TerminalUnavailable, TxKind, TxRecord
+from drivers.terminal.base import (
+    Outcome,
+    Terminal,
+    TerminalError,
+    TerminalUnavailable,
+    TxKind,
+    TxRecord,
+)
 from drivers.terminal.manual import instructions as manual_instructions
 from edge.crashpoints import crashpoint
 from edge.journal import Journal, JournalError, Payment

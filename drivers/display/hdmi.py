@@ -108,7 +108,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # closes and no response needs chunked encoding.
     protocol_version = "HTTP/1.0"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
+    def log_message(self, format: str, *args: Any) -> None:
         # The default writes every request to stderr; a kiosk makes many.
         logger.debug("hdmi display %s: %s", self.address_string(), format % args)
 
@@ -154,7 +154,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     # -- routes ------------------------------------------------------------------
 
-    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+    def do_GET(self) -> None:
         if not self._body_ok():
             return
         path = urllib.parse.urlsplit(self.path).path
@@ -176,7 +176,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._error(404, "not_found", f"no such page: {path}")
 
-    def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+    def do_POST(self) -> None:
         if not self._body_ok():
             return
         path = urllib.parse.urlsplit(self.path).path
@@ -228,7 +228,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if changed is None:  # closing
                     return
                 if changed:
-                    self.wfile.write(f"data: {state}\n\n".encode("utf-8"))
+                    self.wfile.write(f"data: {state}\n\n".encode())
                     sent = version
                 else:
                     self.wfile.write(f": ping\nevent: ping\ndata: {version}\n\n".encode())

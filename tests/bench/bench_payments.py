@@ -35,7 +35,6 @@ from tests.bench.bench_latency import mqtt_round_trips, percentile
 from tests.support.edges import RunningEdge, edge_config
 from tests.support.procs import Broker, CentralProcess, central_toml, free_port
 
-
 #: Headers of every request: the test central's counter account token (docs/security.md "Web login").
 AUTH: dict[str, str] = {}
 

@@ -20,8 +20,8 @@ from tests.support.procs import wait_for
 
 require_chromium()
 
-from openpyxl import load_workbook  # noqa: E402
-from playwright.sync_api import expect  # noqa: E402
+from openpyxl import load_workbook
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 

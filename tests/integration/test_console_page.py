@@ -19,7 +19,7 @@ from tests.support.browser import require_chromium
 
 require_chromium()
 
-from playwright.sync_api import Page, expect  # noqa: E402
+from playwright.sync_api import Page, expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
 

@@ -17,7 +17,7 @@ from tests.support.browser import require_chromium
 
 require_chromium()
 
-from playwright.sync_api import Page, expect  # noqa: E402
+from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
 

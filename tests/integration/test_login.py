@@ -26,7 +26,7 @@ from tests.support.procs import REPO, CentralProcess, central_toml, free_port
 
 require_chromium()
 
-from playwright.sync_api import expect  # noqa: E402
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 

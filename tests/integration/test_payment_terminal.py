@@ -11,6 +11,7 @@ does not show.
 from __future__ import annotations
 
 import time
+from datetime import UTC
 
 import pytest
 
@@ -229,14 +230,14 @@ def test_a_void_that_never_reaches_the_counter_can_be_tried_again(central_factor
 def test_an_unknown_settled_by_staff_keeps_the_time_the_sale_was_sent(card_office, sim):
     """The 収納日 is when the money moved, not when someone settled the
     unknown outcome (which may be the next morning)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     central, edge = card_office
     sim.scenario = "cable_pulled"
     pid = card_charge(central)
     wait_state(central, pid, "unknown", timeout=30)
     time.sleep(2.0)
-    resolved_at = datetime.now(timezone.utc)
+    resolved_at = datetime.now(UTC)
     status, _ = central.request("POST", f"/api/v1/payments/{pid}/resolve",
                                 {"counter": "1", "approved": True, "slip_no": "0042"})
     assert status == 200

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -161,7 +161,7 @@ def test_void_a_day_later_is_refused(office):
     # The payment was taken yesterday: move its transaction date back in
     # central's database (as if the day had passed).
     db = sqlite3.connect(central.config.parent / "central.db")
-    yesterday = datetime.now(timezone.utc) - timedelta(days=1)
+    yesterday = datetime.now(UTC) - timedelta(days=1)
     with db:
         db.execute("UPDATE payments SET txn_at = ?, day = ? WHERE payment_id = ?",
                    (yesterday.isoformat(), yesterday.astimezone().date().isoformat(), pid))
@@ -174,7 +174,7 @@ def test_void_a_day_later_is_refused(office):
 def test_edge_rejects_malformed_charge_commands(office, broker):
     central, edge, _ = office
     topic = "madoguchi/v1/midori/device/counter-1/cmd/charge"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     good = {
         "schema": 1, "command_id": str(uuid.uuid4()), "issued_at": now.isoformat(),
         "expires_at": (now + timedelta(seconds=60)).isoformat(), "payment_id": str(uuid.uuid4()),

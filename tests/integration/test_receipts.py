@@ -79,7 +79,7 @@ def test_a_receipt_prints_once_and_a_reprint_says_so(central_factory, edges, pri
     p = paid(central)
     job = printer.wait_for_jobs(1, timeout=10)[0]
     assert RECEIPT in job and REPRINT not in job
-    assert "600".encode() in job and p["receipt_no"].encode() in job
+    assert b"600" in job and p["receipt_no"].encode() in job
     time.sleep(1.5)  # nothing else comes out
     assert len(printer.jobs) == 1
     code, _ = central.request("POST", f"/api/v1/payments/{p['payment_id']}/reprint", {"counter": "1"})

@@ -62,11 +62,11 @@ class RunningEdge:
     def _run(self) -> None:
         self.exit_code = asyncio.run(self.daemon.run())
 
-    def start(self) -> "RunningEdge":
+    def start(self) -> RunningEdge:
         self._thread.start()
         return self
 
-    def wait_connected(self, timeout: float = 10.0) -> "RunningEdge":
+    def wait_connected(self, timeout: float = 10.0) -> RunningEdge:
         self.wait(lambda: self.daemon.role is not None and self.daemon.session.connected and self.daemon.role.central_online, timeout, "connected with central online")
         return self
 

@@ -81,7 +81,7 @@ class Broker:
     proc: subprocess.Popen | None = None
     include_dir: Path | None = None
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         listeners = (f"include_dir {self.include_dir}\n" if self.include_dir is not None
@@ -204,7 +204,7 @@ class CentralProcess:
         except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
             return None
 
-    def start(self, *, wait_mqtt: bool = True, wait: bool = True) -> "CentralProcess":
+    def start(self, *, wait_mqtt: bool = True, wait: bool = True) -> CentralProcess:
         if not self.accounts and self.database is not None:
             self.accounts = provision_accounts(self.database)
         self.log = open(self.log_path, "ab")
@@ -347,7 +347,7 @@ class EdgeProcess:
     def log_path(self) -> Path:
         return self.workdir / f"{self.device}.log"
 
-    def start(self, *, crashpoint: str | None = None) -> "EdgeProcess":
+    def start(self, *, crashpoint: str | None = None) -> EdgeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
             f'[device]\nid = "{self.device}"\nsite = "midori"\nrole = "counter"\ncounter = "{self.counter}"\n'

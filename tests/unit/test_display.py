@@ -445,9 +445,8 @@ def test_hdmi_close_is_idempotent_ends_streams_and_frees_the_port():
 
 
 def test_hdmi_port_in_use_raises_display_error():
-    with HdmiDisplay() as d:
-        with pytest.raises(DisplayError, match=str(d.port)):
-            HdmiDisplay(port=d.port)
+    with HdmiDisplay() as d, pytest.raises(DisplayError, match=str(d.port)):
+        HdmiDisplay(port=d.port)
 
 
 def test_hdmi_bad_controls_are_refused_before_listening():

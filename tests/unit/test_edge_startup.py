@@ -19,7 +19,7 @@ def run_edge(config, *, block: tuple[str, ...] = ()) -> subprocess.CompletedProc
     code = ("import sys\n"
             + "".join(f"sys.modules[{name!r}] = None\n" for name in block)
             + "from bus.cli import main\nsys.exit(main(['edge', '--config', sys.argv[1]]))\n")
-    return subprocess.run([sys.executable, "-c", code, str(config)], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", code, str(config)], check=False, cwd=REPO, capture_output=True, text=True,
                           timeout=30)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from central.config import Counter, Procedure, QueueSettings, Service, Site, SiteInfo
 from central.queue import QueueEngine
@@ -11,7 +11,7 @@ from central.store import Store
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 4, 1, 0, 30, tzinfo=timezone.utc)
+        self.now = datetime(2026, 4, 1, 0, 30, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now

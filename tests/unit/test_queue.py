@@ -8,7 +8,7 @@ import re
 import tempfile
 from collections import Counter as Tally
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -26,7 +26,7 @@ SITE_FILE = Path(__file__).resolve().parents[2] / "config" / "site.toml"
 SITE = load_toml(SITE_FILE, Site)
 TOKYO = ZoneInfo("Asia/Tokyo")
 # 2025-04-01 09:30 in Tokyo.
-T0 = datetime(2025, 4, 1, 0, 30, tzinfo=timezone.utc)
+T0 = datetime(2025, 4, 1, 0, 30, tzinfo=UTC)
 GRACE_S = 300
 FINISHED = {"done", "no_show", "skipped"}
 ENGAGED = {"called", "serving"}
@@ -99,9 +99,9 @@ def queue_error(code: str, fn, *args, **kwargs) -> QueueError:
 def test_numbers_count_per_tokyo_day_and_restart_at_one(engine, clock):
     assert [engine.issue(["tennyu"]).number for _ in range(3)] == [1, 2, 3]
     assert engine.ticket(1).day == "2025-04-01"
-    clock.now = datetime(2025, 4, 1, 14, 59, 59, tzinfo=timezone.utc)  # 23:59:59 in Tokyo
+    clock.now = datetime(2025, 4, 1, 14, 59, 59, tzinfo=UTC)  # 23:59:59 in Tokyo
     assert engine.issue(["tennyu"]).number == 4
-    clock.now = datetime(2025, 4, 1, 15, 30, tzinfo=timezone.utc)  # 00:30 the next day in Tokyo
+    clock.now = datetime(2025, 4, 1, 15, 30, tzinfo=UTC)  # 00:30 the next day in Tokyo
     first = engine.issue(["juminhyo"])
     assert (first.number, first.day) == (1, "2025-04-02")
     assert engine.issue(["tennyu"]).number == 2
@@ -117,7 +117,7 @@ def test_yesterdays_leftover_tickets_are_not_called_today(engine, clock):
     would put "1番" on the display for today's number 1's holder."""
     engine.issue(["tennyu"])
     engine.issue(["tennyu"])
-    clock.now = datetime(2025, 4, 2, 0, 30, tzinfo=timezone.utc)
+    clock.now = datetime(2025, 4, 2, 0, 30, tzinfo=UTC)
     today = engine.issue(["tennyu"])
     out = engine.call_next("1")
     assert called(out) == [(1, "1", "juminido")]
@@ -133,7 +133,7 @@ def test_wait_estimates_count_only_todays_tickets(engine, clock):
     waiting = engine.waiting_by_service()
     assert (waiting["juminido"], waiting["kokuho"], waiting["shomei"]) == (5, 5, 0)
     assert engine.estimate_minutes()["juminido"] == 5 * 15  # typical 15 min, one counter
-    clock.now = datetime(2025, 4, 2, 0, 0, tzinfo=timezone.utc)  # next morning, nobody here yet
+    clock.now = datetime(2025, 4, 2, 0, 0, tzinfo=UTC)  # next morning, nobody here yet
     assert set(engine.waiting_by_service().values()) == {0}
     assert set(engine.estimate_minutes().values()) == {0}
     engine.issue(["juminhyo"])
