@@ -18,6 +18,7 @@ kiosk are ``madoguchi edge`` child processes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -240,6 +241,12 @@ class Office:
         from central.auth import Accounts
         from central.store import Store
 
+        # The migrations and "account added" lines belong in central's log,
+        # not in the demo's narration.
+        quiet = [logging.getLogger(name) for name in ("bus.sqlitedb", "central.auth")]
+        levels = [log.level for log in quiet]
+        for log in quiet:
+            log.setLevel(logging.WARNING)
         store = Store(self.work / "central.db")
         try:
             accounts = Accounts(store)
@@ -251,6 +258,8 @@ class Office:
             return accounts.issue_token(KIOSK, by="demo")
         finally:
             store.close()
+            for log, level in zip(quiet, levels, strict=True):
+                log.setLevel(level)
 
     def _start_lobby(self) -> None:
         """The lobby Pi: every call announced (Open JTalk + espeak-ng), on
