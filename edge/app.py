@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
+import ssl
 import time
 import uuid
 from importlib.metadata import PackageNotFoundError, version
@@ -271,7 +273,24 @@ class EdgeDaemon:
 
     # ------------------------------------------------------------ run
     async def run(self) -> int:
-        """Run until :meth:`request_stop` or a signal; the exit code."""
+        """Run until :meth:`request_stop` or a signal; the exit code.
+
+        What no role could start with is an exit code systemd acts on, not a
+        traceback: TLS files that are not what they should be → 78 (the
+        config; no restart helps), a database file SQLite cannot use (not a
+        database, a full disk) → 69."""
+        try:
+            return await self._run()
+        except ssl.SSLError as exc:
+            logger.error("%s: TLS to the broker cannot be set up ([mqtt.tls]): %s", self.config.device.id, exc)
+            self.notifier.stopping()
+            return EXIT_CONFIG
+        except sqlite3.Error as exc:
+            logger.error("%s: a database file cannot be used: %s", self.config.device.id, exc)
+            self.notifier.stopping()
+            return EXIT_HARDWARE
+
+    async def _run(self) -> int:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         cfg = self.config

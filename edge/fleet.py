@@ -39,8 +39,11 @@ import json
 import logging
 import os
 import re
+import sqlite3
+import ssl
 import stat
 import threading
+import tomllib
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +61,7 @@ from bus.sdnotify import (
     EXIT_RESTART,  # 75, EX_TEMPFAIL: systemd starts the daemon again (docs/systemd.md)
 )
 from bus.sqlitedb import Database, DatabaseError
+from bus.tls import client_context
 from bus.topics import TopicError, Topics, parse
 
 logger = logging.getLogger(__name__)
@@ -266,6 +270,63 @@ def unmask_secrets(new: str, current: str) -> str:
             line = kept + ("\n" if line.endswith("\n") else "")
         out.append(line)
     return "".join(out)
+
+
+#: Where each secret goes: a masked secret ("********" in a set-config) keeps
+#: its value only while all of these stay the same.  Otherwise the secret
+#: would be sent, after the restart, to a host the requester chose without
+#: ever knowing it.  Send the secret in clear to change where it goes.
+SECRET_DESTINATIONS: dict[str, tuple[str, ...]] = {
+    "mqtt.password": ("mqtt.host", "mqtt.port", "mqtt.username", "mqtt.tls"),
+    "kiosk.token": ("kiosk.central_url",),
+    "terminal.password": ("terminal.driver", "terminal.port"),
+}
+#: Keys that never change over the bus (refused as ``local_only``; who the
+#: device is, ``device.id/site/role``, is refused as ``invalid_config``): the
+#: commands it runs, where its journals and keys are.  A
+#: command or a file path chosen from afar would run code on the Pi or read
+#: its secrets; these are changed on the Pi itself (docs/fleet.md).
+LOCAL_ONLY = ("voice.player", "payments.journal", "kiosk.journal", "printer.fake_dir", "mqtt.tls")
+_SECRET_NAMES = frozenset({"password", "secret", "token"})
+
+
+def _is_secret(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in _SECRET_NAMES
+
+
+def _toml_flat(text: str) -> dict[str, Any] | None:
+    """The parsed TOML as dotted keys (None when it does not parse)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+
+    def walk(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, dict):
+            flat: dict[str, Any] = {}
+            for k, v in value.items():
+                flat.update(walk(v, f"{prefix}.{k}" if prefix else k))
+            return flat
+        return {prefix: value}
+
+    return walk(data, "")
+
+
+def masked_config(text: str) -> str:
+    """``text`` with every secret shown as ``"********"``, checked on the
+    parsed TOML: the mask works on ``key = "..."`` lines, so a secret written
+    any other way (a multi-line string, an inline table, a dotted or quoted
+    key) would slip through.  Such a file is refused (``unmaskable``), never
+    sent."""
+    masked = mask_secrets(text)
+    before, after = _toml_flat(text), _toml_flat(masked)
+    if before is None:
+        raise Refused("unmaskable", "the config file on the device is not valid TOML; it is not sent")
+    if after is None or after.keys() != before.keys() or any(
+            (after[k] != MASK) if _is_secret(k) else (after[k] != before[k]) for k in before):
+        raise Refused("unmaskable", "a secret in the config file is not written as `password = \"...\"` on a line "
+                                    "of its own in its table, so it cannot be hidden; it is not sent. Fix the file on the Pi")
+    return masked
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -517,7 +578,7 @@ class EdgeFleet:
         now = self.clock()
         try:
             fresh = self.seen.remember(request, method, now)
-        except DatabaseError as exc:
+        except (DatabaseError, sqlite3.Error) as exc:  # a full disk, a broken file: answered, not lost
             logger.error("%s: cannot record request %s: %s", self.device, request.request_id, exc)
             self._refuse(answer_to, correlation, request.request_id, method, "internal", "cannot record the request id")
             return
@@ -598,7 +659,7 @@ class EdgeFleet:
         running = self.describe().config_hash if self.describe else None
         return {
             "path": str(path),
-            "config": mask_secrets(raw.decode("utf-8", "replace")),
+            "config": masked_config(raw.decode("utf-8", "replace")),
             "file_hash": digest(raw),
             "running_hash": running,
             # The file differs from what runs: a set-config waits for a restart.
@@ -608,7 +669,23 @@ class EdgeFleet:
     async def _set_config(self, params: SetConfigParams, request: Request) -> dict[str, Any]:
         path, running, model = self._need_config()
         current = path.read_bytes().decode("utf-8", "replace")
+        given = _toml_flat(params.config)
+        if given is None:
+            try:
+                parse_toml(params.config.encode("utf-8"), model, source="the new config")
+            except ConfigError as exc:
+                raise Refused("invalid_config", str(exc)) from None
+            raise Refused("invalid_config", "the new config is not valid TOML")
+        kept = sorted(k for k, v in given.items() if _is_secret(k) and v == MASK)
         text = unmask_secrets(params.config, current)
+        # Unmasking may only have put the kept secrets back, nothing else: a
+        # masked line moved into another value (a multi-line string, say)
+        # would carry the secret there, to a log or a health message.
+        result = _toml_flat(text)
+        if result is None or result.keys() != given.keys() or any(
+                result[k] != given[k] for k in given if k not in kept) or any(result[k] == MASK for k in kept):
+            raise Refused("invalid_config", f'a "{MASK}" may only stand for a secret as `password = "{MASK}"` '
+                                            "on a line of its own in its table")
         raw = text.encode("utf-8")
         try:
             new = parse_toml(raw, model, source="the new config")
@@ -618,11 +695,34 @@ class EdgeFleet:
             if getattr(new.device, key) != getattr(running.device, key):
                 raise Refused("invalid_config", f"device.{key} cannot change over the bus "
                                                 f"({getattr(running.device, key)!r} → {getattr(new.device, key)!r})")
-        changed = changed_keys(running, new)
+        old_flat, new_flat = _flatten(running), _flatten(new)
+        for prefix in LOCAL_ONLY:
+            moved = sorted(k for k in old_flat.keys() | new_flat.keys() if (k == prefix or k.startswith(prefix + "."))
+                           and old_flat.get(k) != new_flat.get(k))
+            if moved:
+                raise Refused("local_only", f"{', '.join(moved)} cannot change over the bus (change it on the Pi)")
+        for secret in kept:
+            moved = [d for d in SECRET_DESTINATIONS.get(secret, ())
+                     if any(old_flat.get(k) != new_flat.get(k) for k in old_flat.keys() | new_flat.keys()
+                            if k == d or k.startswith(d + "."))]
+            if moved:
+                raise Refused("secret_destination_changed",
+                              f'{secret} is kept ("{MASK}") but {", ".join(moved)} changed: write the secret in clear '
+                              "to send it somewhere else")
+        if new.mqtt.tls is not None:
+            try:  # a TLS setting that cannot work would cut the device off the bus after the restart
+                client_context(new.mqtt.tls)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise Refused("invalid_config", f"[mqtt.tls]: {exc}") from None
+        # Secrets are never compared with the running ones (that would tell a
+        # guess from the truth): one written in clear is reported as changed.
+        changed = sorted({k for k in changed_keys(running, new) if not _is_secret(k)}
+                         | {k for k in given if _is_secret(k) and k not in kept})
         if raw == path.read_bytes():
             written = False
         else:
-            write_config(path, raw, model)
+            # fsync and rename in the fleet's worker: the loop keeps serving buttons
+            await asyncio.get_running_loop().run_in_executor(self._pool, write_config, path, raw, model)
             written = True
         logger.info("%s: config %s by %s (%s); changed: %s", self.device, "written" if written else "unchanged",
                     request.requested_by, digest(raw), ", ".join(changed) or "nothing")

@@ -207,6 +207,8 @@ class KioskRole:
         self._waiting: list[int] = []
         self._unresolved = 0
         self._uncertain: list[int] = []
+        #: Visitors waiting for a number right now (a restart would send them to staff).
+        self._issuing = 0
         self._stop = threading.Event()
         self.issued = 0
         self.printed = 0
@@ -357,13 +359,19 @@ class KioskRole:
         self._stop.set()
         self._server.shutdown()
         self._server.server_close()
-        try:
-            self._pool.submit(self._close_journal)
-        except RuntimeError:
-            pass
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        # What waits in the queue (a retry, a status read) is dropped; the job
+        # running now ends (a ticket going to the printer is not cut off).
+        # Everything left is in the journal for the next start.
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._close_journal()
         for t in self._threads:
             t.join(5.0)
+
+    def busy(self) -> str | None:
+        """Why a restart would hurt now: a visitor is waiting for a number."""
+        with self._lock:
+            issuing = self._issuing
+        return f"{issuing} ticket(s) being issued to a visitor at the kiosk (発券中)" if issuing else None
 
     # ------------------------------------------------------------ central
     def _central(self, method: str, path: str, body: Any = None, *, key: str | None = None,
@@ -422,10 +430,15 @@ class KioskRole:
         if len(procedures) > MAX_PROCEDURES:
             raise Refused(400, "invalid", f"手続は{MAX_PROCEDURES}件までです",
                           f"At most {MAX_PROCEDURES} procedures per ticket")
+        with self._lock:
+            self._issuing += 1
         try:
             return self._pool.submit(self._issue, procedures).result(self.cfg.issue_deadline_s + 15)
         except FutureTimeout:
             raise Refused(504, "timeout", CENTRAL_DOWN_JA, CENTRAL_DOWN_EN) from None
+        finally:
+            with self._lock:
+                self._issuing -= 1
 
     def _issue(self, procedures: list[str]) -> dict:
         try:
@@ -663,19 +676,25 @@ class KioskRole:
 
     def _tick(self) -> None:
         last_status = time.monotonic()
+        retry = None
         while not self._stop.wait(RETRY_S):
             with self._lock:
                 due = bool(self._waiting) or self._unresolved > 0
+            if retry is not None and not retry.done():
+                continue  # one retry at a time: a printer or central that hangs must not pile them up
             if due or time.monotonic() - last_status >= STATUS_EVERY_S:
                 last_status = time.monotonic()
                 try:
-                    self._pool.submit(self._retry)
+                    retry = self._pool.submit(self._retry)
                 except RuntimeError:  # shut down
                     return
 
     # ------------------------------------------------------------ staff (worker thread)
     def staff_tickets(self) -> list[dict]:
-        return self._pool.submit(self._staff_tickets).result(10)
+        try:
+            return self._pool.submit(self._staff_tickets).result(10)
+        except FutureTimeout:
+            raise Refused(503, "busy", "発券機が応答中です。しばらくしてからもう一度", "The kiosk is busy; try again shortly") from None
 
     def _staff_tickets(self) -> list[dict]:
         return [{"number": r["number"], "state": r["state"], "reprints": r["reprints"], "updated_at": r["updated_at"]}
@@ -692,7 +711,10 @@ class KioskRole:
                 or not isinstance(staff_id, str) or not STAFF_ID.match(staff_id) or action not in ("reprint", "printed")):
             raise Refused(400, "invalid", "番号・職員番号・操作 (reprint / printed) を確認してください",
                           "need a ticket number, a staff id and action 'reprint' or 'printed'")
-        return self._pool.submit(self._staff_action, number, staff_id, action).result(30)
+        try:
+            return self._pool.submit(self._staff_action, number, staff_id, action).result(30)
+        except FutureTimeout:
+            raise Refused(503, "busy", "発券機が応答中です。しばらくしてからもう一度", "The kiosk is busy; try again shortly") from None
 
     def _staff_action(self, number: int, staff_id: str, action: str) -> dict:
         row = self.journal.by_number(self._today(), number)
@@ -781,7 +803,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/api/status":
             self._json(200, kiosk.page_status())
         elif path == "/api/staff/tickets" and self._local():
-            self._json(200, kiosk.staff_tickets())
+            try:
+                self._json(200, kiosk.staff_tickets())
+            except Refused as exc:
+                self._error(exc.status, exc.error, exc.ja, exc.en)
         else:
             self._error(404, "not_found", "ページがありません", "no such page")
 
@@ -874,7 +899,7 @@ async def run_kiosk(daemon) -> int:
         # IT requests (edge/fleet.py): config, restart, logs, a status ticket
         # on the kiosk's printer; the seen-ids file sits beside the kiosk journal.
         try:
-            daemon.fleet = EdgeFleet.for_daemon(daemon)
+            daemon.fleet = EdgeFleet.for_daemon(daemon, restart_blocker=kiosk.busy)
         except (DatabaseError, OSError) as exc:
             logger.error("%s: cannot open the request journal: %s", cfg.device.id, exc)
             return EXIT_HARDWARE
@@ -902,12 +927,12 @@ async def run_kiosk(daemon) -> int:
         return daemon.exit_code()
     finally:
         daemon.notifier.stopping()
-        if daemon.fleet is not None:
-            daemon.fleet.close()
         if kiosk is not None:
             await asyncio.get_running_loop().run_in_executor(None, kiosk.close)
         if daemon.session is not None:
             daemon.session.stop()
+        if daemon.fleet is not None:  # after the session: no request arrives at a closed fleet
+            daemon.fleet.close()
         if daemon.printer is not None and daemon._printer is None:
             daemon.printer.close()
         if daemon._fake_printer is not None:

@@ -237,11 +237,11 @@ async def run_lobby(daemon) -> int:
         return daemon.exit_code()
     finally:
         daemon.notifier.stopping()
-        if daemon.fleet is not None:
-            daemon.fleet.close()
         if announcer is not None:
             await loop.run_in_executor(None, announcer.close)
         if daemon.session is not None:
             daemon.session.stop()
+        if daemon.fleet is not None:  # after the session: no request arrives at a closed fleet
+            daemon.fleet.close()
         if synth is not None:
             synth.close()

@@ -14,6 +14,7 @@ the bytes were leaving never prints it again by itself, staff re-print it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -383,15 +384,26 @@ class SlowProxy:
         self._sock.close()
 
 
-def test_slow_central_the_retry_gets_the_same_number(central_factory, kiosk, printer):
+def test_slow_central_the_retry_gets_the_same_number(central_factory, kiosk, printer, broker):
     central = central_factory()
     proxy = SlowProxy(central.http_port, delay=2.5)
+    it = RawRequester(broker.port)
     try:
         edge = kiosk(central, central_url=f"http://127.0.0.1:{proxy.port}",
                      extra="request_timeout_s = 1\nissue_deadline_s = 8\n")
-        code, answer = post(edge.daemon.kiosk.url, {"procedures": ["tennyu", "kokuho-kanyu"]})
+        visitor = concurrent.futures.ThreadPoolExecutor(1).submit(
+            post, edge.daemon.kiosk.url, {"procedures": ["tennyu", "kokuho-kanyu"]})
+        # While the visitor waits for a number, IT's restart is refused (it
+        # would send them to staff); force would still do it.
+        wait_for(lambda: edge.daemon.kiosk.busy(), 5, "the kiosk issuing")
+        rid, payload = request_payload()
+        answer = it.send(edge.config.device.id, "restart", payload, request_id=rid)
+        assert answer is not None and answer.code == "payment_in_progress" and "発券中" in answer.error, answer
+        code, answer = visitor.result(20)
         assert code == 200 and answer["printed"] is True, answer
+        assert edge.daemon.kiosk.busy() is None
     finally:
+        it.close()
         proxy.close()
     # The first POST timed out at the kiosk after central had issued; the
     # second, with the same key, was answered with that ticket.

@@ -39,3 +39,21 @@ def test_a_printer_without_python_escpos_exits_69_saying_what_to_install(tmp_pat
     assert result.returncode == 69, result.stderr[-2000:]
     assert "python-escpos" in result.stderr and "madoguchi[edge]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_broken_database_file_exits_69_and_a_bad_tls_file_exits_78(tmp_path):
+    journal = tmp_path / "journal.db"
+    journal.write_bytes(b"this is not a database" * 100)
+    config = tmp_path / "edge.toml"
+    config.write_text(BASE + f'[payments]\njournal = "{journal}"\n', encoding="utf-8")
+    result = run_edge(config)
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert "not a database" in result.stderr and "Traceback" not in result.stderr
+
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not a certificate\n")
+    config.write_text(BASE + f'[payments]\njournal = "{tmp_path / "ok.db"}"\n[mqtt.tls]\nca_file = "{ca}"\n',
+                      encoding="utf-8")
+    result = run_edge(config)
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert "[mqtt.tls]" in result.stderr and "Traceback" not in result.stderr

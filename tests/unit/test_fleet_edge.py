@@ -221,3 +221,94 @@ def test_requests_on_the_loop(tmp_path):
             fleet.close()
 
     asyncio.run(main())
+
+
+LOBBY = """[device]
+id = "counter-1"
+site = "midori"
+role = "counter"
+counter = "1"
+[mqtt]
+host = "broker.local"
+password = "REAL-broker-pa55"
+[terminal]
+driver = "none"
+password = "482913"
+"""
+
+
+def test_set_config_cannot_be_used_to_read_or_misdirect_a_secret(tmp_path):
+    """The security review's attacks on the mask (each must be refused, and
+    the file on disk must stay as it was)."""
+    path = tmp_path / "edge.toml"
+    path.write_text(LOBBY, encoding="utf-8")
+    wire = Wire()
+    fleet = EdgeFleet(device="counter-1", topics=T, seen=SeenRequests(tmp_path / "requests.db"), session=wire,
+                      config_path=path, config=parse_toml(path.read_bytes(), EdgeConfig))
+    shown = mask_secrets(LOBBY)
+
+    async def main():
+        fleet.start(asyncio.get_running_loop())
+        try:
+            async def ask(method, **params) -> Response:
+                before = len(wire.sent)
+                _, msg = request(method, **params)
+                assert fleet.on_message(msg)
+                for _ in range(200):
+                    if len(wire.sent) > before:
+                        break
+                    await asyncio.sleep(0.01)
+                return decode(Response, wire.sent[-1][1])
+
+            # (a) A masked line moved into another value: unmasking would put
+            # the real password into the printer's host name (logged, in health).
+            smuggle = shown.replace('[terminal]', '[printer]\ndriver = "network"\nhost = """x\n[mqtt]\n'
+                                                  f'password = "{MASK}"\n"""\n[terminal]')
+            res = await ask("set-config", config=smuggle)
+            assert (res.status, res.code) == ("error", "invalid_config"), res
+
+            # (b) The lobby's player is a command: never set from afar.
+            res = await ask("set-config", config=shown + '[voice]\nplayer = ["sh", "-c", "cat /etc/shadow", "{wav}"]\n')
+            assert (res.status, res.code) == ("error", "local_only") and "voice.player" in res.error, res
+            res = await ask("set-config", config=shown + '[payments]\njournal = "/tmp/elsewhere.db"\n')
+            assert res.code == "local_only", res
+
+            # (c) Another broker while the password stays masked: refused; in clear it is IT's own choice.
+            res = await ask("set-config", config=shown.replace('host = "broker.local"', 'host = "rogue.example.net"'))
+            assert (res.status, res.code) == ("error", "secret_destination_changed") and "mqtt.host" in res.error, res
+            assert path.read_text() == LOBBY
+
+            # (d) No oracle: a guess of the terminal password is "changed" whether right or wrong.
+            for guess in ("111111", "482913"):
+                res = await ask("set-config", config=shown.replace(f'password = "{MASK}"\n', f'password = "{guess}"\n', 2)
+                                .replace(f'password = "{guess}"\n', f'password = "{MASK}"\n', 1))
+                assert res.status == "ok" and "terminal.password" in res.data["changed"], res
+            path.write_text(LOBBY, encoding="utf-8")
+
+            # A TLS file that is not a certificate would cut the Pi off the bus after the restart.
+            bad = tmp_path / "ca.crt"
+            bad.write_text("not a certificate\n")
+            path.write_text(LOBBY + f'[mqtt.tls]\nca_file = "{bad}"\n', encoding="utf-8")  # as if set on the Pi
+            fleet.config = parse_toml(path.read_bytes(), EdgeConfig)
+            res = await ask("set-config", config=mask_secrets(path.read_text()).replace('counter = "1"\n', 'counter = "1"\ncounter_name_ja = "1番"\n'))
+            assert (res.status, res.code) == ("error", "invalid_config") and "mqtt.tls" in res.error, res
+            path.write_text(LOBBY, encoding="utf-8")
+            fleet.config = parse_toml(path.read_bytes(), EdgeConfig)
+
+            # (e) A secret written where the line mask cannot see it is never sent.
+            for form in ('[mqtt]\npassword = """\nREAL-broker-pa55"""\n', '[mqtt]\npassword = \'\'\'\nREAL-broker-pa55\'\'\'\n',
+                         'mqtt = { password = "REAL-broker-pa55" }\n', 'mqtt.password = "REAL-broker-pa55"\n',
+                         '[mqtt]\n"password" = "REAL-broker-pa55"\n'):
+                text = form + '[device]\nid = "counter-1"\nsite = "midori"\nrole = "counter"\ncounter = "1"\n'
+                parse_toml(text.encode(), EdgeConfig)  # the daemon would run with it
+                path.write_text(text, encoding="utf-8")
+                res = await ask("get-config")
+                assert (res.status, res.code) == ("error", "unmaskable"), (form, res)
+                assert "REAL-broker-pa55" not in encode(res).decode()
+            path.write_text(LOBBY, encoding="utf-8")
+            res = await ask("get-config")
+            assert res.status == "ok" and "REAL-broker-pa55" not in res.data["config"] and "482913" not in res.data["config"]
+        finally:
+            fleet.close()
+
+    asyncio.run(main())

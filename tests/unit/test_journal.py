@@ -109,3 +109,21 @@ def test_identity_tells_a_wrapped_slip_number_apart():
     assert _identity(yesterday) != _identity(today)
     assert _identity(today) == _identity(record(receipt_no="0001", trace_no="000057", at=datetime(2026, 11, 22, 9, 0)))
     assert _identity(None) is None
+
+
+def test_a_full_disk_is_reported_as_such_not_as_a_failed_rollback(tmp_path):
+    # SQLite rolls the transaction back by itself on SQLITE_FULL; a second
+    # ROLLBACK used to fail and hide the real error from the log.
+    import sqlite3
+
+    from bus.sqlitedb import Database
+
+    db = Database(tmp_path / "full.db", ["CREATE TABLE t (b BLOB);"])
+    db.conn.execute("PRAGMA max_page_count=20")  # a disk of 20 pages
+    with pytest.raises(sqlite3.OperationalError, match="full"), db.transaction() as conn:
+        for _ in range(50):
+            conn.execute("INSERT INTO t VALUES (zeroblob(4000))")
+    assert not db.conn.in_transaction
+    with db.transaction() as conn:  # still usable
+        conn.execute("INSERT INTO t VALUES (x'00')")
+    db.close()
