@@ -65,8 +65,14 @@ async def serve(loaded: central_config.Loaded, *, database: Path | None = None, 
         app = create_app(central, mqtt_connected=lambda: link.connected, config_hash=loaded.config_hash,
                          auth=cfg.auth)
         port = cfg.http.port if http_port is None else http_port
+        # X-Forwarded-For is believed only from [http] trusted_proxies: uvicorn
+        # would otherwise trust it from 127.0.0.1 by default (FORWARDED_ALLOW_IPS),
+        # and anyone on the same machine could pick the address the login
+        # throttle and the audit see (docs/security.md "Behind a reverse proxy").
+        trusted = list(cfg.http.trusted_proxies)
         server = uvicorn.Server(
-            uvicorn.Config(app, host=cfg.http.host, port=port, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(app, host=cfg.http.host, port=port, log_level="warning", lifespan="off", access_log=False,
+                           proxy_headers=bool(trusted), forwarded_allow_ips=trusted)
         )
         server.install_signal_handlers = lambda: None  # we own the signals
         for sig in (signal.SIGINT, signal.SIGTERM):

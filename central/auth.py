@@ -12,13 +12,18 @@ command is central/staff_cli.py (``madoguchi staff``).
 * **Passwords**: ``hashlib.scrypt`` with a random 16-byte salt; the cost
   parameters are stored with each hash (``scrypt$n=16384,r=8,p=5$salt$hash``),
   so :data:`DEFAULT_SCRYPT` can be raised later and old hashes still verify.
+  A successful login re-hashes a password whose hash has other parameters
+  than :data:`DEFAULT_SCRYPT` (with the password just verified).
 * **Sessions and tokens**: ``secrets.token_urlsafe(32)``; only their SHA-256
   is stored.  A session ends after ``idle_timeout_s`` without a request and
   ``absolute_timeout_s`` after the login; disabling an account or changing
-  its password ends its sessions at once (every request reads the database).
+  its password ends its sessions at once (every request reads the database)
+  and deletes its API token.
 * **Audit**: ``login_audit`` is append-only (SQLite triggers).
-* **Throttle**: failures per (account as typed, client address) within a
-  window, counted from the audit.
+* **Throttle**: failures per (account as typed, client address) and per
+  client address within a window, counted from the audit (indexed); what it
+  decided is remembered in memory (:class:`ThrottleMemory`), so a refused
+  attempt touches no database and writes no audit row.
 
 Everything here is synchronous and uses central's store from the calling
 thread (central's event loop, or the CLI's only thread); only
@@ -32,15 +37,16 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from central.config import AuthSettings
-from central.schema_auth import AUTH_SQL
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +123,7 @@ def verify_password(password: str, stored: str | None) -> bool:
     an account without a password) is checked against a dummy hash so that
     the answer takes as long as for a real account."""
     if stored is None:
-        stored, real = _dummy_hash(), False
+        stored, real = _DUMMY, False
     else:
         real = True
     try:
@@ -130,14 +136,15 @@ def verify_password(password: str, stored: str | None) -> bool:
     return hmac.compare_digest(digest, expected) and real
 
 
-_DUMMY: str | None = None
-
-
-def _dummy_hash() -> str:
-    global _DUMMY
-    if _DUMMY is None:
-        _DUMMY = hash_password(secrets.token_urlsafe(16))
-    return _DUMMY
+def needs_rehash(stored: str | None, params: ScryptParams = DEFAULT_SCRYPT) -> bool:
+    """Whether a stored hash should be made again with ``params`` (at the
+    next successful login, with the password just verified)."""
+    if stored is None:
+        return False
+    try:
+        return parse_hash(stored)[0] != params
+    except ValueError:
+        return False
 
 
 def _b64(data: bytes) -> str:
@@ -146,6 +153,15 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+#: What an unknown account's password is checked against: the default
+#: parameters, a random salt and random bytes as the "hash" (no password
+#: gives them).  Made when this module is imported, at central's start-up,
+#: and without running scrypt: made lazily, the first unknown login paid for
+#: a second scrypt and took twice as long as a real account's.
+_DUMMY = f"scrypt$n={DEFAULT_SCRYPT.n},r={DEFAULT_SCRYPT.r},p={DEFAULT_SCRYPT.p}$" \
+         f"{_b64(secrets.token_bytes(16))}${_b64(secrets.token_bytes(_DKLEN))}"
 
 
 def sha256(token: str) -> str:
@@ -171,6 +187,22 @@ class AuthError(Exception):
 def normalize_login(text: str) -> str:
     """What a person typed as their login: trimmed and lower-cased."""
     return text.strip().lower()
+
+
+def is_staff_id(text: str | None) -> bool:
+    return text is not None and _STAFF_ID.fullmatch(text) is not None
+
+
+def loggable_login(login: str | None) -> str:
+    """A login as typed, for a log line or a message: itself when it is a
+    well-formed staff id, else "(malformed id)" — people type their password
+    into the id field, and a typed newline must not forge a log line."""
+    return login if is_staff_id(login) else "(malformed id)"
+
+
+def loggable_client(client: str | None) -> str:
+    """A client address for a log line (it may come from a proxy's header)."""
+    return client if client is not None and re.fullmatch(r"[0-9A-Za-z.:%_-]{1,64}", client) else "(unknown)"
 
 
 def check_staff_id(staff_id: str) -> str:
@@ -292,7 +324,26 @@ ACCESS: dict[tuple[str, str], frozenset[str]] = {
 #: Where a role lands after logging in without a ``next``.
 HOME = {"counter": "/console", "accounting": "/accounting/day", "it": "/admin"}
 
-_compiled: list[tuple[str, re.Pattern, frozenset[str]]] | None = None
+_compiled: list[tuple[str, str, re.Pattern, frozenset[str]]] | None = None
+
+
+def _table() -> list[tuple[str, str, re.Pattern, frozenset[str]]]:
+    global _compiled
+    if _compiled is None:
+        from starlette.routing import compile_path
+
+        _compiled = [(m, p, compile_path(p)[0], roles) for (m, p), roles in ACCESS.items()]
+    return _compiled
+
+
+def route_template(method: str, path: str) -> str:
+    """The route of :data:`ACCESS` a concrete path matches (``/t/{token:path}``
+    for ``/t/<a visitor's token>``), for log lines: a path can hold a
+    visitor's ticket token, and anything a client typed.  "(no route)" when
+    none matches."""
+    method = "GET" if method.upper() == "HEAD" else method.upper()
+    path = path.split("?", 1)[0]
+    return next((p for m, p, regex, _ in _table() if m == method and regex.match(path)), "(no route)")
 
 
 def allowed_roles(method: str, path: str) -> frozenset[str] | None:
@@ -305,15 +356,10 @@ def allowed_roles(method: str, path: str) -> frozenset[str] | None:
     and ``…/{action}``), only the roles that ALL of them allow are allowed.
     After routing, central/auth_web.py checks the route that was really
     picked once more."""
-    global _compiled
-    if _compiled is None:
-        from starlette.routing import compile_path
-
-        _compiled = [(m, compile_path(p)[0], roles) for (m, p), roles in ACCESS.items()]
     method = "GET" if method.upper() == "HEAD" else method.upper()
     path = path.split("?", 1)[0]
     found: frozenset[str] | None = None
-    for m, regex, roles in _compiled:
+    for m, _, regex, roles in _table():
         if m == method and regex.match(path):
             found = roles if found is None else found & roles
     return found
@@ -360,33 +406,97 @@ def _iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+#: Results that count as a failed login (for the throttle).
+FAILURES = ("unknown_account", "no_password", "bad_password", "disabled")
+
+
+@dataclass
+class _Block:
+    until: datetime
+    what: str  # for the log: "k0107 from 10.0.0.5" / "10.0.0.5 (any account)"
+    refused: int = 0
+
+
+class ThrottleMemory:
+    """What the login throttle decided, kept in memory so that an address
+    that is refused stays refused without a database read or an audit row
+    per attempt (a flood of logins must not write a row each, nor hold
+    central's event loop with queries).
+
+    Keys are ``("client", address)`` and ``("pair", login, address)``; each
+    holds "refused until".  At most ``max_entries`` (then the ones that ended
+    go first, then the oldest): when a key is dropped early the next attempt
+    just asks the database again, which still knows — the memory is a cache
+    of the audit, never the only record, so a restart loses nothing.
+
+    Attempts refused from memory are counted per block and logged once when
+    the block ends (:meth:`sweep`), and in :attr:`refused_total`.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self.refused_total = 0
+        self._blocks: OrderedDict[tuple, _Block] = OrderedDict()
+        self._next_sweep: datetime | None = None
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def wait(self, key: tuple, now: datetime) -> float:
+        """Seconds ``key`` is still refused (0: not known to be), counting
+        the attempt as refused when it is."""
+        self.sweep(now)
+        block = self._blocks.get(key)
+        if block is None:
+            return 0.0
+        left = (block.until - now).total_seconds()
+        if left <= 0:
+            self._end(key)
+            return 0.0
+        block.refused += 1
+        self.refused_total += 1
+        return left
+
+    def block(self, key: tuple, until: datetime, what: str, now: datetime) -> None:
+        if key not in self._blocks and len(self._blocks) >= self.max_entries:
+            self.sweep(now, force=True)
+            while len(self._blocks) >= self.max_entries:
+                self._end(next(iter(self._blocks)))
+        self._blocks[key] = _Block(until, what)
+
+    def sweep(self, now: datetime, *, force: bool = False) -> None:
+        """Forget the blocks that ended (at most once a second unless forced)."""
+        if not force and self._next_sweep is not None and now < self._next_sweep:
+            return
+        self._next_sweep = now + timedelta(seconds=1)
+        for key in [k for k, b in self._blocks.items() if b.until <= now]:
+            self._end(key)
+
+    def _end(self, key: tuple) -> None:
+        block = self._blocks.pop(key)
+        if block.refused:
+            logger.info("login throttle for %s over: %d more attempt(s) refused while it lasted (not audited one by one)",
+                        block.what, block.refused)
+
+
 class Accounts:
     """Staff accounts, sessions, tokens, audit and throttle on central's store.
 
-    :param store: central's :class:`~central.store.Store` (schema 6).
+    :param store: central's :class:`~central.store.Store` (schema 7).
     :param settings: ``[auth]`` of central.toml.
     :param clock: the time now (UTC); tests pass their own.
+    :param hash_params: what new password hashes are made with, and what a
+        successful login upgrades an older hash to (:data:`DEFAULT_SCRYPT`;
+        unit tests pass cheaper ones).
     """
 
     def __init__(self, store, settings: AuthSettings | None = None, *,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, hash_params: ScryptParams = DEFAULT_SCRYPT) -> None:
         self.store = store
+        self.hash_params = hash_params
         self.settings = settings or AuthSettings()
         self.clock = clock or (lambda: datetime.now(UTC))
-        self._upgrade_placeholder()
-
-    def _upgrade_placeholder(self) -> None:
-        """A development database made while schema 6 was an empty
-        placeholder: give it the real tables (schema 6 never shipped empty)."""
-        db = self.store.conn
-        has = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "auth_placeholder" in has and "staff" not in has:
-            from bus.sqlitedb import _statements
-
-            logger.warning("%s: replacing the schema 6 placeholder with the staff tables", self.store.path)
-            with self.store.transaction() as conn:
-                for statement in _statements(AUTH_SQL):
-                    conn.execute(statement)
+        self.throttled = ThrottleMemory()
 
     @property
     def now(self) -> datetime:
@@ -421,7 +531,7 @@ class Accounts:
         return found
 
     def add(self, staff_id: str, role: str, *, name: str | None = None, password: str | None = None,
-            params: ScryptParams = DEFAULT_SCRYPT, by: str = "cli") -> Staff:
+            params: ScryptParams | None = None, by: str = "cli") -> Staff:
         """A new account.  Staff roles need a password; a kiosk has none (give
         it a token with :meth:`issue_token`)."""
         check_staff_id(staff_id)
@@ -434,7 +544,7 @@ class Accounts:
             if password is None:
                 raise AuthError("invalid", "パスワードが必要です", "a staff account needs a password")
             check_password(password, staff_id)
-        stored = hash_password(password, params) if password is not None else None
+        stored = hash_password(password, params or self.hash_params) if password is not None else None
         now = _iso(self.now)
         with self.store.transaction() as db:
             if db.execute("SELECT 1 FROM staff WHERE id = ?", (staff_id,)).fetchone():
@@ -445,29 +555,38 @@ class Accounts:
         logger.info("staff account %s added (role %s)", staff_id, role)
         return self._need(staff_id)
 
-    def set_password(self, staff_id: str, password: str, *, params: ScryptParams = DEFAULT_SCRYPT, by: str = "cli") -> int:
-        """A new password; every session of the account ends.  Returns how many."""
+    def set_password(self, staff_id: str, password: str, *, params: ScryptParams | None = None, by: str = "cli") -> int:
+        """A new password; every session of the account ends and its API
+        token is deleted (a password is changed when someone else may know
+        it: what they could have done with it ends too).  Returns how many
+        sessions ended."""
         staff = self._need(staff_id)
         if staff.role == KIOSK:
-            raise AuthError("invalid", "発券機のアカウントはパスワードを持ちません", "a kiosk account has no password")
+            raise AuthError("invalid", "発券機のアカウントはパスワードを持ちません（APIトークンのみ）",
+                            "a kiosk account has no password, only an API token")
         check_password(password, staff_id)
-        stored = hash_password(password, params)
+        stored = hash_password(password, params or self.hash_params)
         with self.store.transaction() as db:
             db.execute("UPDATE staff SET password_hash = ?, changed_at = ? WHERE id = ?", (stored, _iso(self.now), staff_id))
             ended = db.execute("DELETE FROM staff_sessions WHERE staff_id = ?", (staff_id,)).rowcount
-            self._audit(db, staff_id, "password_changed", None, f"sessions_ended={ended} by={by}")
-        logger.info("staff account %s: password changed, %d session(s) ended", staff_id, ended)
+            tokens = db.execute("DELETE FROM staff_tokens WHERE staff_id = ?", (staff_id,)).rowcount
+            self._audit(db, staff_id, "password_changed", None, f"sessions_ended={ended} tokens_deleted={tokens} by={by}")
+        logger.info("staff account %s: password changed, %d session(s) ended, %d API token(s) deleted", staff_id, ended, tokens)
         return ended
 
     def set_disabled(self, staff_id: str, disabled: bool, *, by: str = "cli") -> int:
-        """Disable (every session ends at once, the token stops working) or
-        enable an account.  Returns the number of sessions ended."""
+        """Disable (every session ends at once, the API token is deleted) or
+        enable an account.  Enabling brings no token back: issue a new one
+        (:meth:`issue_token`).  Returns the number of sessions ended."""
         self._need(staff_id)
         with self.store.transaction() as db:
             db.execute("UPDATE staff SET disabled = ?, changed_at = ? WHERE id = ?", (int(disabled), _iso(self.now), staff_id))
             ended = db.execute("DELETE FROM staff_sessions WHERE staff_id = ?", (staff_id,)).rowcount if disabled else 0
-            self._audit(db, staff_id, "disabled" if disabled else "enabled", None, f"sessions_ended={ended} by={by}")
-        logger.info("staff account %s %s (%d session(s) ended)", staff_id, "disabled" if disabled else "enabled", ended)
+            tokens = db.execute("DELETE FROM staff_tokens WHERE staff_id = ?", (staff_id,)).rowcount if disabled else 0
+            detail = f"sessions_ended={ended} tokens_deleted={tokens} by={by}" if disabled else f"by={by}"
+            self._audit(db, staff_id, "disabled" if disabled else "enabled", None, detail)
+        logger.info("staff account %s %s (%d session(s) ended, %d API token(s) deleted)", staff_id,
+                    "disabled" if disabled else "enabled", ended, tokens)
         return ended
 
     def issue_token(self, staff_id: str, *, by: str = "cli") -> str:
@@ -488,7 +607,7 @@ class Accounts:
         """The account and its stored hash for a login as typed (both None
         when there is no such account).  The caller runs
         :func:`verify_password` — in a worker thread on central's loop."""
-        if not _STAFF_ID.fullmatch(login):
+        if not is_staff_id(login):
             return None, None
         row = self._row(login)
         if row is None:
@@ -496,11 +615,48 @@ class Accounts:
         return self._staff(row), row["password_hash"]
 
     def check_login(self, login: str, password: str, *, client: str | None = None) -> tuple[Principal | None, str]:
-        """Verify and audit one login attempt (in this thread).  Returns the
-        principal (or None) and the audit result."""
+        """Verify and audit one login attempt (in this thread; central's web
+        login does the same with the scrypt work in a worker thread).
+        Returns the principal (or None) and the audit result."""
         staff, stored = self.password_hash_of(login)
         ok = verify_password(password, stored)
-        return self.finish_login(login, staff, ok, client=client)
+        principal, result = self.finish_login(login, staff, ok, client=client)
+        if principal is not None and self.needs_rehash(stored):
+            self.replace_hash(principal.staff_id, stored, hash_password(password, self.hash_params))
+        return principal, result
+
+    def needs_rehash(self, stored: str | None) -> bool:
+        return needs_rehash(stored, self.hash_params)
+
+    def replace_hash(self, staff_id: str, old: str, new: str) -> bool:
+        """Store ``new`` (the password just verified, hashed with
+        :attr:`hash_params`) in place of ``old`` — only if ``old`` is still the
+        stored hash (a password changed in between wins).  Sessions and
+        tokens stay: the password did not change."""
+        old_params, new_params = parse_hash(old)[0], parse_hash(new)[0]
+        with self.store.transaction() as db:
+            changed = db.execute("UPDATE staff SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                                 (new, staff_id, old)).rowcount
+            if changed:
+                self._audit(db, staff_id, "password_rehashed", None,
+                            f"n={old_params.n},r={old_params.r},p={old_params.p} -> "
+                            f"n={new_params.n},r={new_params.r},p={new_params.p}")
+        if changed:
+            logger.info("staff account %s: password hash made again with scrypt n=%d,r=%d,p=%d", staff_id,
+                        new_params.n, new_params.r, new_params.p)
+        return bool(changed)
+
+    def loggable(self, login: str, staff: Staff | None = None) -> str:
+        """A typed login for a log line: the staff id of an account that
+        exists; "(unknown account)" for a well-formed name with no account and
+        "(malformed id)" for anything else — either may be a password typed
+        into the wrong field (the audit keeps a well-formed name, so IT sees
+        which names are tried; :func:`loggable_login`)."""
+        if not is_staff_id(login):
+            return loggable_login(login)
+        if staff is None:
+            staff = self.get(login)
+        return staff.id if staff is not None else "(unknown account)"
 
     def finish_login(self, login: str, staff: Staff | None, password_ok: bool, *,
                      client: str | None = None) -> tuple[Principal | None, str]:
@@ -517,37 +673,79 @@ class Accounts:
         else:
             result = "ok"
         with self.store.transaction() as db:
-            self._audit(db, login if _STAFF_ID.fullmatch(login) else None, result, client)
+            self._audit(db, login if is_staff_id(login) else None, result, client)
         if result != "ok":
-            logger.info("login refused for %s from %s: %s", login if _STAFF_ID.fullmatch(login) else "(malformed id)",
-                        client, result)
+            logger.info("login refused for %s from %s: %s", self.loggable(login, staff), loggable_client(client), result)
             return None, result
-        logger.info("staff %s logged in from %s", staff.id, client)
+        logger.info("staff %s logged in from %s", staff.id, loggable_client(client))
         return Principal(staff.id, staff.name, staff.role, "session"), result
 
-    def retry_after(self, login: str, client: str | None) -> float:
-        """Seconds until ``login`` may try again from ``client`` (0: now).
-        Failures count within ``failure_window_s`` and since the last
-        successful login of that pair."""
-        who = login if _STAFF_ID.fullmatch(login) else None
-        now = self.now
-        since = _iso(now - timedelta(seconds=self.settings.failure_window_s))
-        last_ok = self.store.conn.execute(
-            "SELECT MAX(at) FROM login_audit WHERE staff_id IS ? AND client IS ? AND result = 'ok'", (who, client)).fetchone()[0]
-        if last_ok and last_ok > since:
-            since = last_ok
-        rows = self.store.conn.execute(
-            "SELECT at FROM login_audit WHERE staff_id IS ? AND client IS ? AND at > ? "
-            "AND result IN ('unknown_account', 'no_password', 'bad_password', 'disabled') ORDER BY at DESC LIMIT ?",
-            (who, client, since, self.settings.max_failures)).fetchall()
-        if len(rows) < self.settings.max_failures:
-            return 0.0
-        oldest = datetime.fromisoformat(rows[-1][0])
-        return max(0.0, (oldest + timedelta(seconds=self.settings.failure_window_s) - now).total_seconds())
+    #: The throttle's queries; each reads one index of schema 7 and nothing
+    #: else (tests/unit/test_auth.py checks the plans).
+    LAST_OK_SQL = "SELECT MAX(at) FROM login_audit WHERE staff_id IS ? AND client IS ? AND result = 'ok'"
+    PAIR_FAILURES_SQL = ("SELECT at FROM login_audit WHERE staff_id IS ? AND client IS ? AND result IN "
+                         f"({', '.join(repr(r) for r in FAILURES)}) AND at > ? ORDER BY at DESC LIMIT ?")
+    CLIENT_FAILURES_SQL = ("SELECT at FROM login_audit WHERE client IS ? AND result IN "
+                           f"({', '.join(repr(r) for r in FAILURES)}) AND at > ? ORDER BY at DESC LIMIT ?")
 
-    def record(self, staff_id: str | None, result: str, client: str | None, detail: str | None = None) -> None:
+    def _client_key(self, client: str | None) -> str | None:
+        return (client or "")[:64] or None  # as _audit stores it
+
+    def remembered_wait(self, login: str, client: str | None) -> float:
+        """Seconds ``login`` from ``client`` is still refused by what the
+        throttle already decided (:class:`ThrottleMemory`; no database)."""
+        now = self.now
+        who, where = login if is_staff_id(login) else None, self._client_key(client)
+        return self.throttled.wait(("client", where), now) or self.throttled.wait(("pair", who, where), now)
+
+    def throttle_check(self, login: str, client: str | None) -> tuple[float, str | None]:
+        """Ask the audit: seconds until ``login`` may try again from
+        ``client`` (0: now) and why (``"account"``: ``max_failures`` for this
+        account name from this address since its last successful login;
+        ``"client"``: ``max_failures_per_client`` from this address whatever
+        the names; both within ``failure_window_s``)."""
+        who, where = login if is_staff_id(login) else None, self._client_key(client)
+        now = self.now
+        window = timedelta(seconds=self.settings.failure_window_s)
+        since = _iso(now - window)
+
+        def wait(rows, limit) -> float:
+            if len(rows) < limit:
+                return 0.0
+            return max(0.0, (datetime.fromisoformat(rows[-1][0]) + window - now).total_seconds())
+
+        db = self.store.conn
+        by_client = wait(db.execute(self.CLIENT_FAILURES_SQL, (where, since, self.settings.max_failures_per_client))
+                         .fetchall(), self.settings.max_failures_per_client)
+        if by_client > 0:
+            return by_client, "client"
+        last_ok = db.execute(self.LAST_OK_SQL, (who, where)).fetchone()[0]
+        pair_since = last_ok if last_ok and last_ok > since else since
+        by_pair = wait(db.execute(self.PAIR_FAILURES_SQL, (who, where, pair_since, self.settings.max_failures)).fetchall(),
+                       self.settings.max_failures)
+        return (by_pair, "account") if by_pair > 0 else (0.0, None)
+
+    def retry_after(self, login: str, client: str | None) -> float:
+        """Seconds until ``login`` may try again from ``client`` (0: now),
+        by the audit (:meth:`throttle_check`)."""
+        return self.throttle_check(login, client)[0]
+
+    def throttle(self, login: str, client: str | None, wait: float, why: str) -> None:
+        """Refuse ``login`` from ``client`` (``why="account"``) or everything
+        from ``client`` (``why="client"``) for ``wait`` seconds: one audit row
+        and one warning now; until then :meth:`remembered_wait` refuses
+        without the database."""
+        now = self.now
+        who, where = login if is_staff_id(login) else None, self._client_key(client)
+        if why == "client":
+            key, what = ("client", where), f"{loggable_client(where)} (any account)"
+        else:
+            key, what = ("pair", who, where), f"{self.loggable(login)} from {loggable_client(where)}"
+        self.throttled.block(key, now + timedelta(seconds=wait), what, now)
         with self.store.transaction() as db:
-            self._audit(db, staff_id if staff_id and _STAFF_ID.fullmatch(staff_id) else None, result, client, detail)
+            self._audit(db, who, "throttled", where, f"per_{why} for_s={math.ceil(wait)}")
+        logger.warning("login for %s throttled for %.0f s (too many failed logins %s)", what, wait,
+                       "from this address" if why == "client" else "for this account from this address")
 
     def _audit(self, db, staff_id: str | None, result: str, client: str | None, detail: str | None = None) -> None:
         db.execute("INSERT INTO login_audit (at, staff_id, result, client, detail) VALUES (?, ?, ?, ?, ?)",
@@ -647,7 +845,8 @@ class Accounts:
 
 
 __all__ = [
-    "ACCESS", "DEFAULT_SCRYPT", "HOME", "KIOSK", "PUBLIC", "ROLES", "STAFF_ID_PATTERN", "STAFF_ROLES",
-    "Accounts", "AuthError", "Principal", "ScryptParams", "Staff", "allowed_roles", "hash_password",
-    "normalize_login", "safe_next", "verify_password",
+    "ACCESS", "DEFAULT_SCRYPT", "FAILURES", "HOME", "KIOSK", "PUBLIC", "ROLES", "STAFF_ID_PATTERN", "STAFF_ROLES",
+    "Accounts", "AuthError", "Principal", "ScryptParams", "Staff", "ThrottleMemory", "allowed_roles", "hash_password",
+    "is_staff_id", "loggable_client", "loggable_login", "needs_rehash", "normalize_login", "route_template", "safe_next",
+    "verify_password",
 ]

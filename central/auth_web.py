@@ -24,6 +24,12 @@ the login routes:
 The password check (scrypt) runs in a worker thread so that the event loop —
 which also serves the bus — is never held for it; everything that touches
 the store stays on the loop (central/web.py says why).
+
+The client address (the throttle's and the audit's) is the TCP peer's, or
+with ``[http] trusted_proxies`` what such a proxy says in X-Forwarded-For
+(uvicorn's proxy headers, set up in central/app.py).  Log lines name the
+route (``/t/{token:path}``), never the concrete path (it may hold a
+visitor's ticket token), and a typed login only when it is well-formed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import logging
 import math
 import re
@@ -51,7 +58,11 @@ from central.auth import (
     AuthError,
     Principal,
     allowed_roles,
+    hash_password,
+    loggable_client,
+    loggable_login,
     normalize_login,
+    route_template,
     safe_next,
     verify_password,
 )
@@ -110,13 +121,24 @@ def recorded_staff(request: Request, claimed: str | None) -> str | None:
     if p is None:
         return claimed
     if claimed is not None and claimed != p.staff_id:
-        raise AuthError("staff_mismatch", f"職員番号 {claimed[:20]} はログイン中の職員（{p.staff_id}）と違います",
-                        f"staff id {claimed[:20]!r} is not the logged-in staff member ({p.staff_id})")
+        shown = loggable_login(claimed)  # the refusal is logged: never a typed id as typed
+        raise AuthError("staff_mismatch", f"職員番号 {shown} はログイン中の職員（{p.staff_id}）と違います",
+                        f"staff id {shown} is not the logged-in staff member ({p.staff_id})")
     return p.staff_id
 
 
 def client_of(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The client's address as the throttle and the audit see it: the TCP
+    peer, or what a trusted proxy put in X-Forwarded-For (uvicorn applied
+    it).  An IP address in its canonical form; anything else (only a proxy
+    could send it) is kept only if it looks like a host name."""
+    host = request.client.host if request.client else None
+    if not host:
+        return None
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return loggable_client(host) if loggable_client(host) != "(unknown)" else "(unreadable)"
 
 
 def same_origin(request: Request) -> bool:
@@ -256,7 +278,7 @@ def install(app: FastAPI, accounts: Accounts, settings: AuthSettings, *, site_ja
         path = request.url.path
         allowed = allowed_roles(method, path)
         if allowed is None:  # no such route, or one nobody classified: not served
-            logger.debug("no access rule for %s %s: 404", method, path[:200])
+            logger.debug("no access rule for %s %r: 404", method, path[:100])
             return JSONResponse({"detail": "Not Found"}, status_code=404)
         principal: Principal | None = None
         stale = False
@@ -265,7 +287,8 @@ def install(app: FastAPI, accounts: Accounts, settings: AuthSettings, *, site_ja
             scheme, _, token = header.partition(" ")
             principal = accounts.bearer(token.strip()) if scheme.lower() == "bearer" else None
             if principal is None:
-                logger.warning("refused %s %s from %s: unknown or disabled API token", method, path, client_of(request))
+                logger.warning("refused %s %s from %s: unknown or disabled API token", method,
+                               route_template(method, path), loggable_client(client_of(request)))
                 resp = _json(401, "invalid_token", "APIトークンが無効です", "invalid or revoked API token")
                 resp.headers["WWW-Authenticate"] = 'Bearer realm="madoguchi", error="invalid_token"'
                 return resp
@@ -277,8 +300,8 @@ def install(app: FastAPI, accounts: Accounts, settings: AuthSettings, *, site_ja
             # request with no credentials at all gets its 401 below instead.
             needs_origin = method not in SAFE_METHODS and (cookie is not None or PUBLIC in allowed)
             if needs_origin and not same_origin(request):
-                logger.warning("refused %s %s from %s: Origin %r / Referer %r do not match Host %r", method, path,
-                               client_of(request), (request.headers.get("origin") or "")[:100],
+                logger.warning("refused %s %s from %s: Origin %r / Referer %r do not match Host %r", method,
+                               route_template(method, path), loggable_client(client_of(request)), (request.headers.get("origin") or "")[:100],
                                (request.headers.get("referer") or "")[:100], (request.headers.get("host") or "")[:100])
                 return _json(403, "bad_origin", *BAD_ORIGIN)
             if cookie:
@@ -290,7 +313,8 @@ def install(app: FastAPI, accounts: Accounts, settings: AuthSettings, *, site_ja
         if principal is None:
             return login_required(request, stale_cookie=stale)
         if principal.role not in allowed:
-            logger.info("refused %s %s to %s (role %s)", method, path, principal.staff_id, principal.role)
+            logger.info("refused %s %s to %s (role %s)", method, route_template(method, path), principal.staff_id,
+                        principal.role)
             if request.url.path.startswith("/api/") or principal.role == KIOSK:
                 return _json(403, "forbidden", f"{ROLE_JA[principal.role]}の役割ではこの操作はできません",
                              f"the {principal.role} role may not do this", role=principal.role, needs=sorted(allowed))
@@ -322,19 +346,36 @@ def install(app: FastAPI, accounts: Accounts, settings: AuthSettings, *, site_ja
         password = fields.get("password", [""])[0]
         next_path = safe_next(fields.get("next", [""])[0])
         client = client_of(request)
+
+        def throttled(wait: float) -> Response:
+            minutes = max(1, math.ceil(wait / 60))
+            return page(request, next_path,
+                        (f"ログインの失敗が続いたため、しばらくログインできません（約{minutes}分後に再度お試しください）",
+                         f"Too many failed logins: try again in about {minutes} min"),
+                        status=429, headers={"Retry-After": str(math.ceil(wait))})
+
+        # Already refused: answered from memory, before any database access
+        # and without waiting for a password check's turn; not audited one by
+        # one (central/auth.py ThrottleMemory).
+        wait = accounts.remembered_wait(login, client)
+        if wait > 0:
+            return throttled(wait)
         async with checks:
-            wait = accounts.retry_after(login, client)
+            wait = accounts.remembered_wait(login, client)  # decided while this one waited its turn?
             if wait > 0:
-                accounts.record(login, "throttled", client)
-                logger.warning("login for %s from %s throttled for %.0f s", login if len(login) <= 20 else "(long id)", client, wait)
-                minutes = max(1, math.ceil(wait / 60))
-                return page(request, next_path,
-                            (f"ログインの失敗が続いたため、しばらくログインできません（約{minutes}分後に再度お試しください）",
-                             f"Too many failed logins: try again in about {minutes} min"),
-                            status=429, headers={"Retry-After": str(math.ceil(wait))})
+                return throttled(wait)
+            wait, why = accounts.throttle_check(login, client)
+            if wait > 0:
+                accounts.throttle(login, client, wait, why)
+                return throttled(wait)
             staff, stored = accounts.password_hash_of(login)
             ok = len(password) <= MAX_PASSWORD and await asyncio.to_thread(verify_password, password[:MAX_PASSWORD], stored)
             principal, _ = accounts.finish_login(login, staff, ok, client=client)
+            if principal is not None and accounts.needs_rehash(stored):
+                # Made with other scrypt parameters than today's default: hash
+                # the password just verified again (docs/security.md).
+                new = await asyncio.to_thread(hash_password, password, accounts.hash_params)
+                accounts.replace_hash(principal.staff_id, stored, new)
         if principal is None:
             return page(request, next_path, BAD_LOGIN, status=401)
         old = request.cookies.get(COOKIE)

@@ -10,6 +10,7 @@ counter at 9:00.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,6 +20,7 @@ from pydantic import (
     Field,
     SecretStr,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -198,6 +200,26 @@ class MqttSettings(Strict):
 class HttpSettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    #: Reverse proxies whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are
+    #: believed: addresses or networks ("127.0.0.1", "10.0.0.0/24").  Empty
+    #: (the default): nobody's; the client address is the TCP peer's.  The
+    #: login throttle and the audit key on that address (docs/security.md
+    #: "Behind a reverse proxy").
+    trusted_proxies: tuple[str, ...] = Field(default=(), max_length=32)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for item in value:
+            if item.strip() == "*":
+                raise ValueError("trusted_proxies: '*' would believe any client's X-Forwarded-For; "
+                                 "name the proxy's address")
+            try:
+                out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {item[:50]!r} is not an IP address or network") from None
+        return tuple(out)
 
 
 class QueueSettings(Strict):
@@ -248,11 +270,17 @@ class AuthSettings(Strict):
     #: the oldest of those failures is older than the window.
     max_failures: int = Field(default=5, ge=1, le=100)
     failure_window_s: float = Field(default=900.0, ge=1, le=86400)
+    #: ... and after this many failed logins from one address within the
+    #: window, whatever account names were tried (password spraying), that
+    #: address is refused (429) for every name.
+    max_failures_per_client: int = Field(default=20, ge=1, le=10000)
 
     @model_validator(mode="after")
     def _order(self) -> AuthSettings:
         if self.absolute_timeout_s < self.idle_timeout_s:
             raise ValueError("auth absolute_timeout_s must be at least idle_timeout_s")
+        if self.max_failures_per_client < self.max_failures:
+            raise ValueError("auth max_failures_per_client must be at least max_failures")
         return self
 
 

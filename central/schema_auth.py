@@ -20,8 +20,13 @@ docs/security.md "Web login".
   failures here, so it survives a restart.
 
 Schema 6 was an empty placeholder (``auth_placeholder``) in development
-before this; it never shipped.  The first statement drops it, and
-central/auth.py upgrades a development database that still has it.
+before this; it never shipped.  The first statement drops it, and schema 7
+(central/schema_hardening.py) starts with :data:`AUTH_SQL_IF_MISSING`, so a
+development database that still has the placeholder gets these tables then.
+
+Schema 7 also replaces ``login_audit_by_staff`` with two indexes that hold
+the result too (the throttle's queries read nothing but the index), and adds
+a trigger that refuses ``INSERT OR REPLACE`` of an existing row.
 """
 
 _TABLES = """
@@ -68,4 +73,10 @@ BEGIN SELECT RAISE(ABORT, 'login_audit is append-only'); END;
 
 AUTH_SQL = _TABLES + _TRIGGERS
 
-__all__ = ["AUTH_SQL"]
+#: Schema 6 again, each statement made harmless when its object exists
+#: already (the first part of schema 7).
+AUTH_SQL_IF_MISSING = (AUTH_SQL.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ")
+                       .replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ")
+                       .replace("CREATE TRIGGER ", "CREATE TRIGGER IF NOT EXISTS "))
+
+__all__ = ["AUTH_SQL", "AUTH_SQL_IF_MISSING"]

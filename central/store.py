@@ -16,6 +16,7 @@ from bus.sqlitedb import Database
 from central.schema_auth import AUTH_SQL
 from central.schema_dayclose import DAYCLOSE_SQL
 from central.schema_fleet import FLEET_SQL
+from central.schema_hardening import HARDENING_SQL
 from central.schema_reconcile import RECONCILE_SQL
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,9 @@ SCHEMA = [
     FLEET_SQL,
     # 6: staff accounts and login sessions, issue #7 — central/schema_auth.py
     AUTH_SQL,
+    # 7: no INSERT OR REPLACE on append-only tables; the login throttle's
+    # indexes — central/schema_hardening.py
+    HARDENING_SQL,
 ]
 
 

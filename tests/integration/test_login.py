@@ -4,14 +4,18 @@ Debian's headless Chromium.
 
 One central serves most tests of this module (a login throttle of 3 failures,
 accounts made with the real command while it runs); idle expiry has its own
-with a 2-second idle limit.  The test accounts of tests/support/procs.py are
-named after their roles ("counter", "accounting", "it", "kiosk")."""
+with a 2-second idle limit; a third, ``proxied``, believes X-Forwarded-For
+from 127.0.0.1 (``[http] trusted_proxies``), so that its tests can each speak
+from their own client address.  The test accounts of tests/support/procs.py
+are named after their roles ("counter", "accounting", "it", "kiosk")."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -22,7 +26,7 @@ import urllib.request
 import pytest
 
 from tests.support.browser import require_chromium
-from tests.support.procs import REPO, CentralProcess, central_toml, free_port
+from tests.support.procs import REPO, CentralProcess, central_toml, free_port, wait_for
 
 require_chromium()
 
@@ -31,6 +35,9 @@ from playwright.sync_api import expect
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
 PASSWORD = "窓口の合言葉-2026"  # synthetic; non-ASCII on purpose
+#: A wrong password over 256 characters: refused without running scrypt
+#: (fast), and a failure like any other.
+LONG = "x" * 300
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +49,37 @@ def central(broker, tmp_path_factory):
     proc = CentralProcess(config, port, work / "central.log").start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def proxied(broker, tmp_path_factory):
+    """A central behind a (pretend) reverse proxy on loopback: it believes
+    X-Forwarded-For from 127.0.0.1.  3 failures per account and address, 5
+    per address whatever the names."""
+    work = tmp_path_factory.mktemp("proxied")
+    port = free_port()
+    config = central_toml(work / "central", broker.port, port,
+                          extra='trusted_proxies = ["127.0.0.1"]\n'  # goes into [http]
+                                "[auth]\nmax_failures = 3\nmax_failures_per_client = 5\nfailure_window_s = 600\n")
+    proc = CentralProcess(config, port, work / "central.log").start()
+    yield proc
+    proc.stop()
+
+
+def audit_of(central, *, client: str | None = None, staff_id: str | None = None) -> list[dict]:
+    """Central's login audit, oldest first, read from its database."""
+    db = sqlite3.connect(central.database)
+    db.row_factory = sqlite3.Row
+    try:
+        where, args = [], []
+        for column, value in (("client", client), ("staff_id", staff_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        return [dict(r) for r in db.execute("SELECT * FROM login_audit" + (" WHERE " + " AND ".join(where) if where else "")
+                                            + " ORDER BY id", args)]
+    finally:
+        db.close()
 
 
 def staff(central, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -82,9 +120,12 @@ def same_site(central) -> dict:
     return {"Origin": central.url}
 
 
-def login_form(central, login: str, password: str, next_path: str | None = None, origin: str | None = "self"):
+def login_form(central, login: str, password: str, next_path: str | None = None, origin: str | None = "self",
+               xff: str | None = None):
     form = {"login": login, "password": password, **({"next": next_path} if next_path is not None else {})}
     headers = {"Origin": central.url if origin == "self" else origin} if origin else {}
+    if xff is not None:
+        headers["X-Forwarded-For"] = xff
     return http(central, "POST", "/login", form=form, headers=headers)
 
 
@@ -191,6 +232,8 @@ def test_a_disabled_account_is_cut_off_at_once_and_comes_back_when_enabled(centr
     assert staff(central, "enable", "k-leaving").returncode == 0
     assert login_form(central, "k-leaving", PASSWORD)[0] == 303
     assert http(central, "GET", "/api/v1/counters/1", cookie=cookie)[0] == 401  # the old session stays ended
+    assert http(central, "GET", "/api/v1/counters/1", token=token)[0] == 401  # and the old token: disabling deleted it
+    assert not {a["id"]: a for a in json.loads(staff(central, "list", "--json").stdout)}["k-leaving"]["has_token"]
 
 
 def test_the_staff_command_refuses_with_its_exit_codes(central, tmp_path):
@@ -425,3 +468,140 @@ token = "{made.stdout.strip()}"
     finally:
         edge.stop()
         printer.close()
+
+
+# ------------------------------------------------------------------ the security review (issue #7 item 3)
+
+
+def test_a_forged_x_forwarded_for_counts_only_from_a_trusted_proxy(central, proxied):
+    """uvicorn believed X-Forwarded-For from 127.0.0.1 by default: anyone on
+    the server could pick the address the throttle and the audit saw (a new
+    address per guess, or a colleague's PC to lock it out)."""
+    for i in range(3):  # central believes nobody's header: the TCP peer it is
+        assert login_form(central, "xff-probe", LONG, xff=f"203.0.113.{i}")[0] == 401
+    assert login_form(central, "xff-probe", LONG, xff="203.0.113.99")[0] == 429  # the same key all along
+    assert {r["client"] for r in audit_of(central, staff_id="xff-probe")} == {"127.0.0.1"}
+    # Behind a proxy it trusts, the header is the client's address.
+    for i in range(3):
+        assert login_form(proxied, "xff-probe", LONG, xff=f"203.0.113.{i}")[0] == 401
+    assert [r["client"] for r in audit_of(proxied, staff_id="xff-probe")] == ["203.0.113.0", "203.0.113.1", "203.0.113.2"]
+    for _ in range(2):
+        assert login_form(proxied, "xff-probe", LONG, xff="203.0.113.0")[0] == 401
+    assert login_form(proxied, "xff-probe", LONG, xff="203.0.113.0")[0] == 429
+
+
+def test_a_flood_of_throttled_logins_writes_one_audit_row(proxied):
+    address = "198.51.100.20"
+    for _ in range(3):
+        assert login_form(proxied, "flood-probe", LONG, xff=address)[0] == 401
+    before = len(audit_of(proxied, client=address))
+    answers = [login_form(proxied, "flood-probe", LONG, xff=address) for _ in range(40)]  # as the review's flood
+    assert {a[0] for a in answers} == {429} and all(0 < int(a[1]["Retry-After"]) <= 600 for a in answers)
+    rows = audit_of(proxied, client=address)
+    assert len(rows) - before == 1 and rows[-1]["result"] == "throttled" and rows[-1]["detail"].startswith("per_account")
+
+
+def test_many_account_names_from_one_address_are_refused_after_the_cap(proxied):
+    """Password spraying: one guess for each of many names."""
+    address = "198.51.100.30"
+    assert [login_form(proxied, f"spray-{i}", LONG, xff=address)[0] for i in range(5)] == [401] * 5
+    assert login_form(proxied, "spray-5", LONG, xff=address)[0] == 429
+    counter = proxied.accounts["counter"]
+    assert login_form(proxied, "counter", counter.password, xff=address)[0] == 429  # every name from there
+    assert login_form(proxied, "counter", counter.password, xff="198.51.100.31")[0] == 303  # not other PCs
+    assert audit_of(proxied, client=address)[-1]["detail"].startswith("per_client")
+
+
+def test_a_typed_login_that_is_not_an_account_never_reaches_the_log(proxied):
+    """People type their password into the id field; a typed newline must
+    not forge a log line."""
+    address = "198.51.100.40"
+    answers = [login_form(proxied, "Himitsu#2026!", LONG, xff=address)[0] for _ in range(4)]
+    assert answers == [401, 401, 401, 429]
+    assert login_form(proxied, "k0107\nFORGED-LINE by an attacker", LONG, xff="198.51.100.41")[0] == 401
+    assert login_form(proxied, "sakura-2026", LONG, xff="198.51.100.41")[0] == 401  # well-formed, no such account
+    wait_for(lambda: proxied.log_text().count("from 198.51.100.41") >= 2, what="the two refusals in central's log")
+    log = proxied.log_text()
+    assert "login for (malformed id) from 198.51.100.40 throttled" in log
+    for leaked in ("himitsu", "Himitsu", "FORGED", "sakura"):
+        assert leaked not in log
+
+
+def test_a_visitors_token_never_reaches_the_log(central):
+    token = central.issue("juminhyo")["token"]
+    refusals = lambda: central.log_text().count("unknown or disabled API token")
+    before = refusals()
+    for path in (f"/t/{token}", f"/api/v1/visit/{token}"):
+        assert http(central, "GET", path, headers={"Authorization": "Bearer not-a-real-token"})[0] == 401
+    wait_for(lambda: refusals() >= before + 2, what="the two refusals in central's log")
+    log = central.log_text()
+    assert token not in log
+    assert "refused GET /api/v1/visit/{token:path} from 127.0.0.1: unknown or disabled API token" in log
+
+
+def test_a_login_upgrades_a_hash_made_with_cheaper_parameters(central):
+    from central.auth import DEFAULT_SCRYPT, Accounts, ScryptParams, parse_hash
+    from central.store import Store
+
+    store = Store(central.database)  # next to the running central, as the command works
+    try:
+        Accounts(store).add("k-cheap", "counter", password=PASSWORD, params=ScryptParams(n=2**10, r=8, p=1), by="tests")
+    finally:
+        store.close()
+    stored = lambda: [r for r in staff_rows(central) if r["id"] == "k-cheap"][0]["password_hash"]
+    assert parse_hash(stored())[0].n == 2**10
+    assert login_form(central, "k-cheap", PASSWORD)[0] == 303
+    assert parse_hash(stored())[0] == DEFAULT_SCRYPT
+    assert "password_rehashed" in [r["result"] for r in audit_of(central, staff_id="k-cheap")]
+    assert login_form(central, "k-cheap", PASSWORD)[0] == 303  # the same password, the new hash
+
+
+def staff_rows(central) -> list[dict]:
+    db = sqlite3.connect(central.database)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM staff")]
+    finally:
+        db.close()
+
+
+def test_the_staff_command_refuses_a_missing_or_broken_database_and_a_kiosk_password(central, tmp_path):
+    missing = tmp_path / "typo" / "central.db"
+    refused = staff(central, "--database", str(missing), "list")
+    assert refused.returncode == 78 and "--create" in refused.stderr and "がありません" in refused.stderr
+    assert not missing.exists() and not missing.parent.exists()
+    made = staff(central, "--database", str(missing), "--create", "add", "kiosk-1", "--role", "kiosk")
+    assert made.returncode == 0 and missing.exists(), made.stderr
+    # A database that SQLite refuses mid-way (here a table gone): a message, no traceback.
+    db = sqlite3.connect(missing)
+    db.execute("DROP TABLE staff_tokens")
+    db.close()
+    broken = staff(central, "--database", str(missing), "list")
+    assert broken.returncode == 78 and "Traceback" not in broken.stderr
+    assert "cannot use the database" in broken.stderr and "を使えません" in broken.stderr
+    # A kiosk has no password: refused before asking for one (no terminal needed).
+    kiosk = staff(central, "passwd", "kiosk", stdin="")
+    assert kiosk.returncode == 1 and "発券機" in kiosk.stderr and "kiosk account" in kiosk.stderr, kiosk.stderr
+
+
+def test_a_token_goes_into_a_file_only_its_owner_reads(central, tmp_path):
+    out = tmp_path / "kiosk-8.token"
+    umask = os.umask(0o022)  # what a shell's "> file" would have given: 0644
+    try:
+        made = staff(central, "add", "kiosk-8", "--role", "kiosk", "--output", str(out))
+        assert made.returncode == 0 and made.stdout == "", made.stderr
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+        first = out.read_text().strip()
+        assert http(central, "POST", "/api/v1/tickets", body={"procedures": ["juminhyo"]}, token=first)[0] == 201
+        out.chmod(0o644)  # a new token into an old file: 0600 again
+        again = staff(central, "token", "kiosk-8", "--output", str(out))
+        assert again.returncode == 0 and again.stdout == "" and stat.S_IMODE(out.stat().st_mode) == 0o600
+        second = out.read_text().strip()
+        assert second != first and http(central, "POST", "/api/v1/tickets", body={"procedures": ["juminhyo"]},
+                                         token=first)[0] == 401
+        assert http(central, "POST", "/api/v1/tickets", body={"procedures": ["juminhyo"]}, token=second)[0] == 201
+    finally:
+        os.umask(umask)
+    assert staff(central, "add", "k-out", "--role", "counter", "--output", str(out), stdin=PASSWORD + "\n",
+                 ).returncode == 2  # a password account has no token to write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kiosk-8.token"]  # no temporary file left behind

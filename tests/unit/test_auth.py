@@ -5,7 +5,10 @@ browser is tests/integration/test_login.py."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 from bus.configfile import load_toml
 from central.auth import (
     ACCESS,
+    DEFAULT_SCRYPT,
     PUBLIC,
     Accounts,
     AuthError,
@@ -54,8 +58,10 @@ def store(tmp_path):
     s.close()
 
 
-def accounts_on(store, clock, **settings) -> Accounts:
-    return Accounts(store, AuthSettings(**settings), clock=clock)
+def accounts_on(store, clock, *, hash_params: ScryptParams = CHEAP, **settings) -> Accounts:
+    """Hashes made and upgraded to :data:`CHEAP` (fast), unless the test
+    says otherwise."""
+    return Accounts(store, AuthSettings(**settings), clock=clock, hash_params=hash_params)
 
 
 # ------------------------------------------------------------------ passwords
@@ -85,6 +91,49 @@ def test_an_unreadable_hash_never_verifies(stored):
 
 def test_no_account_is_checked_against_a_dummy_hash():
     assert verify_password("whatever", None) is False
+
+
+def test_the_dummy_hash_exists_at_start_up_so_the_first_unknown_login_costs_one_scrypt():
+    """Made lazily, the first unknown login paid for a second scrypt (making
+    the dummy) and took twice as long as a wrong password.  In a fresh
+    interpreter (nothing has made it yet): count hashlib.scrypt calls."""
+    script = (
+        "import hashlib\n"
+        "calls = []\n"
+        "real = hashlib.scrypt\n"
+        "hashlib.scrypt = lambda *a, **k: calls.append(k.get('n')) or real(*a, **k)\n"
+        "from central.auth import DEFAULT_SCRYPT, parse_hash, verify_password\n"
+        "import central.auth\n"
+        "assert calls == [], calls  # made without running scrypt\n"
+        "assert verify_password('anything', None) is False\n"
+        "print(len(calls), calls[0] == DEFAULT_SCRYPT.n, parse_hash(central.auth._DUMMY)[0] == DEFAULT_SCRYPT)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "True", "True"]
+
+
+def test_a_successful_login_upgrades_a_hash_with_other_parameters(store, clock):
+    acc = accounts_on(store, clock, hash_params=DEFAULT_SCRYPT)
+    acc.add("k0107", "counter", password="long-enough", params=CHEAP)
+    stored = lambda: store.conn.execute("SELECT password_hash FROM staff WHERE id = 'k0107'").fetchone()[0]
+    assert parse_hash(stored())[0] == CHEAP
+    token = acc.issue_token("k0107")
+    assert acc.check_login("k0107", "wrong-pass")[0] is None
+    assert parse_hash(stored())[0] == CHEAP  # only a successful login upgrades
+    session = login(acc, "k0107", "long-enough")
+    assert parse_hash(stored())[0] == DEFAULT_SCRYPT == ScryptParams(n=2**14, r=8, p=5)
+    assert verify_password("long-enough", stored())
+    # The password did not change: sessions and the token live on; audited.
+    assert acc.session(session) is not None and acc.bearer(token) is not None
+    [row] = [r for r in acc.audit(staff_id="k0107") if r["result"] == "password_rehashed"]
+    assert row["detail"] == "n=1024,r=8,p=1 -> n=16384,r=8,p=5"
+    again = stored()
+    assert acc.check_login("k0107", "long-enough")[1] == "ok" and stored() == again  # once only
+    # A hash changed in between (a new password) is not overwritten by a late upgrade.
+    acc.set_password("k0107", "newer-password", params=CHEAP)
+    assert acc.replace_hash("k0107", again, hash_password("long-enough", CHEAP)) is False
+    assert verify_password("newer-password", stored())
 
 
 # ------------------------------------------------------------------ accounts
@@ -202,6 +251,26 @@ def test_disabling_or_a_new_password_ends_every_session_at_once(store, clock):
     assert acc.end_session(d) == "k0107" and acc.session(d) is None and acc.end_session(d) is None
 
 
+def test_disabling_deletes_the_api_token_and_enabling_brings_none_back(store, clock):
+    acc = accounts_on(store, clock)
+    acc.add("kiosk-1", "kiosk")
+    acc.add("it-scripts", "it", password="long-enough", params=CHEAP)
+    kiosk, scripts = acc.issue_token("kiosk-1"), acc.issue_token("it-scripts")
+    acc.set_disabled("kiosk-1", True)
+    assert store.conn.execute("SELECT COUNT(*) FROM staff_tokens WHERE staff_id = 'kiosk-1'").fetchone()[0] == 0
+    acc.set_disabled("kiosk-1", False)
+    assert acc.bearer(kiosk) is None and not acc.get("kiosk-1").has_token  # not back
+    assert acc.audit(staff_id="kiosk-1")[1]["detail"] == "sessions_ended=0 tokens_deleted=1 by=cli"
+    fresh = acc.issue_token("kiosk-1")
+    assert acc.bearer(fresh).staff_id == "kiosk-1"
+    # A new password: the staff account's token goes too (the kiosk has no password).
+    assert acc.bearer(scripts) is not None
+    acc.set_password("it-scripts", "another-one", params=CHEAP)
+    assert acc.bearer(scripts) is None and not acc.get("it-scripts").has_token
+    assert "tokens_deleted=1" in acc.audit(staff_id="it-scripts")[0]["detail"]
+    assert acc.bearer(fresh) is not None  # other accounts keep theirs
+
+
 def test_a_session_row_left_behind_by_a_disable_is_still_refused(store, clock):
     """Every request reads the account: even a session row that somehow
     survived a disable does not log anybody in."""
@@ -258,6 +327,128 @@ def test_failures_per_account_and_address_are_throttled_within_the_window(store,
     assert acc.retry_after("nobody", "10.0.0.7") > 0
 
 
+def test_many_account_names_from_one_address_are_capped_per_address(store, clock):
+    """Password spraying: one guess per name never reaches ``max_failures``
+    of any name; ``max_failures_per_client`` counts them all."""
+    acc = accounts_on(store, clock, max_failures=3, max_failures_per_client=5, failure_window_s=600)
+    acc.add("k0107", "counter", password="long-enough", params=CHEAP)
+    for i in range(4):
+        acc.finish_login(f"k{i:04d}", None, False, client="10.0.0.5")  # as the web login records an unknown name
+        clock.advance(10)
+    assert acc.throttle_check("k9999", "10.0.0.5") == (0.0, None)
+    acc.check_login("k0107", "Password2026", client="10.0.0.5")  # the fifth name, a real one
+    assert acc.throttle_check("k9999", "10.0.0.5") == (pytest.approx(600 - 40), "client")
+    assert acc.throttle_check("k0107", "10.0.0.5")[1] == "client"  # every name, the real one too
+    assert acc.throttle_check("k0107", "10.0.0.6") == (0.0, None)  # another PC
+    clock.advance(561)  # the first failure has left the window
+    assert acc.throttle_check("k9999", "10.0.0.5") == (0.0, None)
+    with pytest.raises(ValueError, match="max_failures_per_client"):
+        AuthSettings(max_failures=10, max_failures_per_client=5)
+
+
+def test_a_throttle_decided_once_is_remembered_without_the_database(store, clock, caplog):
+    acc = accounts_on(store, clock, max_failures=3, failure_window_s=600)
+    for _ in range(3):
+        acc.finish_login("k0107", None, False, client="10.0.0.5")
+    wait, why = acc.throttle_check("k0107", "10.0.0.5")
+    assert wait == 600 and why == "account"
+    rows = lambda: store.conn.execute("SELECT COUNT(*) FROM login_audit").fetchone()[0]
+    before = rows()
+    with caplog.at_level(logging.INFO, logger="central.auth"):
+        acc.throttle("k0107", "10.0.0.5", wait, why)  # one audit row, one warning
+        statements: list[str] = []
+        store.conn.set_trace_callback(statements.append)
+        try:
+            waits = [acc.remembered_wait("k0107", "10.0.0.5") for _ in range(100)]
+        finally:
+            store.conn.set_trace_callback(None)
+        assert statements == []  # no database at all
+        assert all(w == 600 for w in waits) and rows() == before + 1
+        assert acc.remembered_wait("k0108", "10.0.0.5") == 0 and acc.remembered_wait("k0107", "10.0.0.6") == 0
+        clock.advance(601)
+        assert acc.remembered_wait("k0107", "10.0.0.5") == 0  # over: the next attempt asks the audit again
+    assert [r["result"] for r in acc.audit()[:1]] == ["throttled"] and acc.audit()[0]["detail"] == "per_account for_s=600"
+    text = caplog.text
+    assert "login for (unknown account) from 10.0.0.5 throttled for 600 s" in text
+    assert "100 more attempt(s) refused" in text and acc.throttled.refused_total == 100
+    # Bounded: the oldest entries go first when it is full.
+    acc.throttled.max_entries = 50
+    for i in range(80):
+        acc.throttle(f"k{i:04d}", "10.0.1.1", 60, "account")
+    assert len(acc.throttled) == 50
+    assert acc.remembered_wait("k0000", "10.0.1.1") == 0 and acc.remembered_wait("k0079", "10.0.1.1") > 0
+
+
+def _vm_steps(store, fn) -> int:
+    """SQLite virtual-machine instructions that ``fn`` runs: a measure of the
+    work done that does not depend on how busy the machine is."""
+    steps = [0]
+
+    def count():
+        steps[0] += 1
+        return 0
+
+    store.conn.set_progress_handler(count, 1)
+    try:
+        fn()
+    finally:
+        store.conn.set_progress_handler(None, 1)
+    return steps[0]
+
+
+def test_the_throttle_reads_indexes_only_and_costs_the_same_with_a_huge_audit(store, clock):
+    """A flood once wrote one audit row per attempt, and "the last successful
+    login of this pair" read every row the pair ever had (the result was not
+    in the index).  Schema 7's indexes answer each query from the index
+    alone; the work measured in SQLite instructions does not grow with the
+    audit."""
+    acc = accounts_on(store, clock)
+
+    def check():
+        assert acc.retry_after("accounting", "10.0.0.9") == 0
+
+    for i in range(4):
+        acc.finish_login("accounting", None, False, client="10.0.0.9")
+    baseline = _vm_steps(store, check)
+    # What the flood of the review left behind: 12,000 rows of the same pair
+    # (throttled, and successful logins of long ago), all of them older or
+    # not failures.
+    now = clock()
+    with store.transaction() as db:
+        db.executemany("INSERT INTO login_audit (at, staff_id, result, client) VALUES (?, 'accounting', ?, '10.0.0.9')",
+                       [((now - timedelta(days=1, seconds=i)).isoformat(), "ok" if i % 2 else "throttled") for i in range(8_000)]
+                       + [((now - timedelta(seconds=i * 0.01)).isoformat(), "throttled") for i in range(4_000)])
+    flooded = _vm_steps(store, check)
+    assert flooded <= baseline * 2 + 100, (baseline, flooded)
+    plans = {sql: " ".join(r[3] for r in store.conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+             for sql, args in [(acc.LAST_OK_SQL, ("a", "b")), (acc.PAIR_FAILURES_SQL, ("a", "b", "t", 5)),
+                               (acc.CLIENT_FAILURES_SQL, ("b", "t", 20))]}
+    assert "USING COVERING INDEX login_audit_by_pair" in plans[acc.LAST_OK_SQL], plans
+    assert "USING COVERING INDEX login_audit_by_pair" in plans[acc.PAIR_FAILURES_SQL], plans
+    assert "USING COVERING INDEX login_audit_by_client" in plans[acc.CLIENT_FAILURES_SQL], plans
+
+
+# ------------------------------------------------------------------ logs
+
+
+def test_a_typed_login_is_logged_only_when_it_is_an_account(store, clock, caplog):
+    acc = accounts_on(store, clock)
+    acc.add("k0107", "counter", password="long-enough", params=CHEAP)
+    with caplog.at_level(logging.INFO, logger="central.auth"):
+        # What the web login records after the password check (central/auth_web.py):
+        acc.finish_login("himitsu#2026!", None, False, client="10.0.0.5")  # a password typed into the id field
+        acc.finish_login("sakura-2026", None, False, client="10.0.0.5")  # well-formed, no such account
+        acc.finish_login("k0107\nforged line", None, False, client="10.0.0.5")
+        acc.check_login("k0107", "wrong-pass", client="10.0.0.5\nforged")
+    text = caplog.text
+    for leaked in ("himitsu", "sakura", "forged"):
+        assert leaked not in text
+    assert all("\n" not in r.getMessage() for r in caplog.records)
+    assert "login refused for (malformed id) from 10.0.0.5: unknown_account" in text
+    assert "login refused for (unknown account) from 10.0.0.5: unknown_account" in text
+    assert "login refused for k0107 from (unknown): bad_password" in text
+
+
 # ------------------------------------------------------------------ next=, the route table
 
 
@@ -289,6 +480,17 @@ def test_auth_settings_are_bounded():
         AuthSettings(idle_timeout_s=3600, absolute_timeout_s=600)
     with pytest.raises(ValueError):
         AuthSettings(max_failures=0)
+
+
+def test_trusted_proxies_are_addresses_or_networks_never_everyone():
+    from central.config import HttpSettings
+
+    assert HttpSettings().trusted_proxies == ()
+    assert HttpSettings(trusted_proxies=["127.0.0.1", "10.0.0.0/24", "::1"]).trusted_proxies == (
+        "127.0.0.1/32", "10.0.0.0/24", "::1/128")
+    for bad in (["*"], ["proxy.example"], ["10.0.0.0/33"]):
+        with pytest.raises(ValueError, match="trusted_proxies"):
+            HttpSettings(trusted_proxies=bad)
 
 
 def _app(tmp_path):
@@ -370,12 +572,14 @@ def test_a_database_with_the_old_placeholder_gets_the_real_tables(tmp_path):
 
     path = tmp_path / "old.db"
     Database(path, [*SCHEMA[:5], "CREATE TABLE auth_placeholder (id INTEGER PRIMARY KEY);"], foreign_keys=True).close()
-    store = Store(path)  # already at schema 6: no migration runs
+    store = Store(path)  # at schema 6 (the placeholder): schema 7 brings the tables
     try:
         acc = Accounts(store)
         tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "auth_placeholder" not in tables and {"staff", "staff_sessions", "staff_tokens", "login_audit"} <= tables
         acc.add("kiosk-1", "kiosk")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            store.conn.execute("DELETE FROM login_audit")
     finally:
         store.close()
 
