@@ -37,7 +37,7 @@ from edge.config import EdgeConfig
 from edge.kiosk import RETRY_S, KioskJournal
 from tests.integration.test_fleet import RawRequester, request_payload
 from tests.support.browser import require_chromium
-from tests.support.edges import RunningEdge
+from tests.support.edges import PUBLIC, RunningEdge, kiosk_toml
 from tests.support.procs import free_port, stop_process, wait_for
 
 require_chromium()
@@ -45,7 +45,6 @@ pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parents[2]
 QR = b"\x1d(k"
-PUBLIC = "https://madoguchi.example/t/"
 PAPER_OUT = "用紙切れのため発券できません。職員をお呼びください"
 BANNER = "用紙切れのため発券を停止しています"
 REPRINT = "再発行".encode("cp932")
@@ -56,36 +55,6 @@ def printer():
     fake = FakeEscposPrinter()
     yield fake
     fake.close()
-
-
-def kiosk_toml(broker_port: int, printer_port: int, central_url: str, workdir: Path, *, device: str,
-               port: int = 0, extra: str = "", token: str = "") -> str:
-    """``token``: the kiosk account's API token (central's test account "kiosk")."""
-    return f"""
-[device]
-id = "{device}"
-site = "midori"
-role = "kiosk"
-[mqtt]
-port = {broker_port}
-keepalive_s = 5
-reconnect_cap_s = 1
-[payments]
-journal = "{workdir / 'payments.db'}"
-office_ja = "みどり市役所"
-[printer]
-driver = "network"
-host = "127.0.0.1"
-tcp_port = {printer_port}
-mode = "kanji"
-[kiosk]
-central_url = "{central_url}"
-public_url = "{PUBLIC}"
-port = {port}
-journal = "{workdir / 'kiosk.db'}"
-token = "{token}"
-{extra}
-"""
 
 
 @pytest.fixture

@@ -421,32 +421,13 @@ def test_a_kiosk_issues_with_its_token_and_stops_when_it_is_revoked(central, bro
     from bus.configfile import parse_toml
     from drivers.printer import FakeEscposPrinter
     from edge.config import EdgeConfig
-    from tests.support.edges import RunningEdge
+    from tests.support.edges import RunningEdge, kiosk_toml
 
     made = staff(central, "add", "kiosk-7", "--role", "kiosk")
     assert made.returncode == 0, made.stderr
     printer = FakeEscposPrinter()
-    config = parse_toml(f"""
-[device]
-id = "kiosk-7"
-site = "midori"
-role = "kiosk"
-[mqtt]
-port = {broker.port}
-[payments]
-journal = "{tmp_path / 'payments.db'}"
-[printer]
-driver = "network"
-host = "127.0.0.1"
-tcp_port = {printer.port}
-[kiosk]
-central_url = "{central.url}"
-public_url = "{central.url}/t/"
-port = 0
-journal = "{tmp_path / 'kiosk.db'}"
-request_timeout_s = 2
-token = "{made.stdout.strip()}"
-""".encode(), EdgeConfig)
+    config = parse_toml(kiosk_toml(broker.port, printer.port, central.url, tmp_path, device="kiosk-7",
+                                   extra="request_timeout_s = 2", token=made.stdout.strip()).encode(), EdgeConfig)
     edge = RunningEdge(config).start()
     try:
         edge.wait(lambda: getattr(edge.daemon, "kiosk", None) is not None, 10, "kiosk up")

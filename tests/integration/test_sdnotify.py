@@ -359,7 +359,7 @@ def test_kiosk_and_lobby_ready_status_watchdog_stopping(tmp_path, broker, notify
     folder's write check wired in (the ``.alive`` file beside the role's
     journal), STOPPING on SIGTERM, exit 0."""
     from drivers.printer import FakeEscposPrinter
-    from tests.integration.test_kiosk import kiosk_toml
+    from tests.support.edges import kiosk_toml
 
     printer = FakeEscposPrinter()
     kiosk_dir, lobby_dir = tmp_path / "kiosk", tmp_path / "lobby"

@@ -80,6 +80,8 @@ def shown_literally(page, *texts: str) -> None:
 def test_markup_in_names_is_shown_as_text_everywhere(hostile_site, central_factory, broker, tmp_path, new_page):
     central = central_factory(site=hostile_site)
     printer = FakeEscposPrinter()
+    # Not tests.support.edges.kiosk_toml: no office name here, so the kiosk's
+    # header is central's (hostile) site name.
     config = parse_toml(f"""
 [device]
 id = "kiosk-{uuid.uuid4().hex[:6]}"
@@ -165,6 +167,8 @@ def test_markup_in_bodies_is_refused_and_not_echoed(central_factory, broker, tmp
                                    headers={"Idempotency-Key": attack, **kiosk})
         assert code == 422 and headers["content-type"].startswith("application/json"), (attack, code)
     printer = FakeEscposPrinter()
+    # Not tests.support.edges.kiosk_toml: no office name here, so the kiosk's
+    # header is central's (hostile) site name.
     config = parse_toml(f"""
 [device]
 id = "kiosk-{uuid.uuid4().hex[:6]}"

@@ -122,3 +122,39 @@ class RunningEdge:
     def stop(self) -> None:
         self.daemon.request_stop()
         self._thread.join(10)
+
+
+#: The kiosk's QR codes lead here in tests (never opened).
+PUBLIC = "https://madoguchi.example/t/"
+
+
+def kiosk_toml(broker_port: int, printer_port: int, central_url: str, workdir, *, device: str,
+               port: int = 0, extra: str = "", token: str = "") -> str:
+    """An edge TOML for role "kiosk" with a network printer (the fake) and its
+    journals in ``workdir``.  ``token``: the kiosk account's API token (central's
+    test account "kiosk")."""
+    return f"""
+[device]
+id = "{device}"
+site = "midori"
+role = "kiosk"
+[mqtt]
+port = {broker_port}
+keepalive_s = 5
+reconnect_cap_s = 1
+[payments]
+journal = "{workdir / 'payments.db'}"
+office_ja = "みどり市役所"
+[printer]
+driver = "network"
+host = "127.0.0.1"
+tcp_port = {printer_port}
+mode = "kanji"
+[kiosk]
+central_url = "{central_url}"
+public_url = "{PUBLIC}"
+port = {port}
+journal = "{workdir / 'kiosk.db'}"
+token = "{token}"
+{extra}
+"""
