@@ -299,6 +299,11 @@ class KioskRole:
         """The printer as IT sees it (the daemon publishes it as "printer")."""
         with self._lock:
             status, waiting, unresolved, uncertain = self._health, list(self._waiting), self._unresolved, list(self._uncertain)
+            if self._issuing:
+                # A visitor's ticket is on its way (asked, issued, printing): its
+                # journal states are the normal steps, not a fault to alert IT
+                # about; what is left when the issue ends is reported then.
+                waiting, unresolved = [], 0
         if waiting:
             numbers = ", ".join(map(str, waiting))
             return ("error", (status[1] or "print_failed")[:40],
@@ -439,6 +444,7 @@ class KioskRole:
         finally:
             with self._lock:
                 self._issuing -= 1
+            self._changed()  # a ticket left unprinted shows now
 
     def _issue(self, procedures: list[str]) -> dict:
         try:

@@ -133,9 +133,11 @@ class HealthWatch:
         self.client.disconnect()
 
 
-def test_two_procedures_issue_and_print_a_ticket(central_factory, kiosk, printer, new_page, tmp_path):
+def test_two_procedures_issue_and_print_a_ticket(central_factory, kiosk, printer, new_page, tmp_path, broker):
     central = central_factory()
     edge = kiosk(central)
+    watch = HealthWatch(broker.port, edge.config.device.id)  # what IT sees while a ticket is issued
+    wait_for(lambda: watch.printer() == ("ok", None), 15, "the kiosk's health on the broker")
     page = new_page(width=1080, height=1920)
     choose(page, edge.daemon.kiosk.url, ["転入届", "児童手当"], screenshot=REPO / "docs" / "img" / "kiosk.png")
     assert page.locator("#chosen li").count() == 2
@@ -153,6 +155,11 @@ def test_two_procedures_issue_and_print_a_ticket(central_factory, kiosk, printer
     assert edge.daemon._health().peripherals["printer"].status == "ok"
     time.sleep(0.5)
     assert len(printer.jobs) == 1
+    # The steps of a normal issue (asked, issued, printing) are not faults:
+    # IT's health topic never left "ok" (it used to flash error/warning, and
+    # central raised an alert for every ticket).
+    watch.close()
+    assert set(watch.seen) == {("ok", None)}, watch.seen
     # The journal on the kiosk's disk: one row, printed.
     edge.stop()
     journal = KioskJournal(tmp_path / "kiosk.db")
