@@ -266,8 +266,9 @@ class Office:
         this machine's speaker or, without a sound card, as WAV files."""
         if self.voice == "speaker":
             player = '["aplay", "-q", "-D", "{device}", "{wav}"]'
-        else:  # the fake loudspeaker keeps each WAV and takes as long as it lasts
-            player = json.dumps([sys.executable, "-m", "drivers.voice.record", "--dir", str(self.announcements), "{wav}"])
+        else:  # the fake loudspeaker keeps each WAV; "plays" 4× faster, as the demo's morning is compressed too
+            player = json.dumps([sys.executable, "-m", "drivers.voice.record", "--dir", str(self.announcements),
+                                 "--speed", "4", "{wav}"])
         config = self.work / f"{LOBBY}.toml"
         config.write_text(
             f'[device]\nid = "{LOBBY}"\nsite = "midori"\nrole = "lobby"\n'
