@@ -345,6 +345,12 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+def _differing(old: dict[str, Any], new: dict[str, Any], prefix: str) -> list[str]:
+    """The dotted keys at or under ``prefix`` whose values differ (flattened configs)."""
+    return sorted(k for k in old.keys() | new.keys()
+                  if (k == prefix or k.startswith(prefix + ".")) and old.get(k) != new.get(k))
+
+
 def changed_keys(old: BaseModel, new: BaseModel) -> list[str]:
     """The dotted keys whose (validated) values differ, defaults included."""
     a, b = _flatten(old), _flatten(new)
@@ -696,15 +702,11 @@ class EdgeFleet:
                 raise Refused("invalid_config", f"device.{key} cannot change over the bus "
                                                 f"({getattr(running.device, key)!r} → {getattr(new.device, key)!r})")
         old_flat, new_flat = _flatten(running), _flatten(new)
-        for prefix in LOCAL_ONLY:
-            moved = sorted(k for k in old_flat.keys() | new_flat.keys() if (k == prefix or k.startswith(prefix + "."))
-                           and old_flat.get(k) != new_flat.get(k))
-            if moved:
-                raise Refused("local_only", f"{', '.join(moved)} cannot change over the bus (change it on the Pi)")
+        moved = [k for prefix in LOCAL_ONLY for k in _differing(old_flat, new_flat, prefix)]
+        if moved:
+            raise Refused("local_only", f"{', '.join(moved)} cannot change over the bus (change it on the Pi)")
         for secret in kept:
-            moved = [d for d in SECRET_DESTINATIONS.get(secret, ())
-                     if any(old_flat.get(k) != new_flat.get(k) for k in old_flat.keys() | new_flat.keys()
-                            if k == d or k.startswith(d + "."))]
+            moved = [d for d in SECRET_DESTINATIONS.get(secret, ()) if _differing(old_flat, new_flat, d)]
             if moved:
                 raise Refused("secret_destination_changed",
                               f'{secret} is kept ("{MASK}") but {", ".join(moved)} changed: write the secret in clear '
