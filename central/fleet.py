@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -58,6 +59,12 @@ REQUEST_LIFE_S = 30
 ANSWER_TIMEOUT_S = 10.0
 #: What an audit row keeps of an answer's data (the logs themselves are not kept).
 DETAIL_MAX = 2000
+#: A peripheral alert opens only once its condition has held this long (the
+#: device going offline is not delayed: the broker's keep-alive already is).
+#: A Pi starting up says "terminal not connected" for the second or two
+#: before it is; a printer reading "no reply" once between two jobs: IT is
+#: not to be called for those.
+PERIPHERAL_ALERT_GRACE_S = 10.0
 
 ALERT_TEXT: dict[str, tuple[str, str]] = {
     "offline": ("オフラインです", "offline"),
@@ -160,13 +167,18 @@ def summary_of(method: str | None, data: dict[str, Any] | None) -> str | None:
 class Fleet:
     """The registry, the audit and the alerts of one site's devices."""
 
-    def __init__(self, store, site, publisher, *, topics: Topics | None = None) -> None:
+    def __init__(self, store, site, publisher, *, topics: Topics | None = None,
+                 alert_grace_s: float = PERIPHERAL_ALERT_GRACE_S, clock=time.monotonic) -> None:
         self.store = store
         self.site = site
         self.publisher = publisher
         self.topics = topics or Topics(site.site.id)
         self.devices: dict[str, DeviceRecord] = {}
         self._waiting: dict[uuid.UUID, _Waiting] = {}
+        #: Peripheral conditions not yet alerted: (device, kind) → (since, severity, message).
+        self._pending: dict[tuple[str, str], tuple[float, str, str | None]] = {}
+        self.alert_grace_s = alert_grace_s
+        self._clock = clock
         self._load()
 
     # ---------------------------------------------------------------- storage
@@ -307,6 +319,7 @@ class Fleet:
         self._save(rec)
         if status.state is DeviceState.OFFLINE:
             self._open_alert(device, "offline", "error")
+            self._forget_pending(device, keep=set())  # "offline" says it all
         else:
             self._clear_alerts(device, set(), only="offline")
 
@@ -328,10 +341,25 @@ class Fleet:
             if p.status.value in ("warning", "error"):
                 kind = f"{name}:{p.reason or p.status.value}"
                 keep.add(kind)
-                self._open_alert(device, kind, p.status.value, p.message)
+                self._pending.setdefault((device, kind), (self._clock(), p.status.value, p.message))
+        self._forget_pending(device, keep)
+        self.open_due_alerts()
         # Peripheral alerts that no longer hold are cleared ("offline" is the status's business).
         keep.add("offline")
         self._clear_alerts(device, keep)
+
+    def _forget_pending(self, device: str, keep: set[str]) -> None:
+        for key in [k for k in self._pending if k[0] == device and k[1] not in keep]:
+            del self._pending[key]
+
+    def open_due_alerts(self) -> None:
+        """Open the peripheral alerts whose condition has held for the grace
+        (called on each health message and from central's tick)."""
+        now = self._clock()
+        for (device, kind), (since, severity, message) in list(self._pending.items()):
+            if now - since >= self.alert_grace_s:
+                del self._pending[(device, kind)]
+                self._open_alert(device, kind, severity, message)
 
     def _on_request(self, device: str, method: str, payload: bytes) -> None:
         try:

@@ -381,6 +381,7 @@ class Central:
                 logger.info("forgot %d event ids older than two days", pruned)
         if self.ledger is not None:
             self.ledger.expire_unsent(self.command_ttl_s)
+        self.fleet.open_due_alerts()
         if self.engine.release_due():
             for counter in self.site.counters:
                 self.push_display(counter.id)

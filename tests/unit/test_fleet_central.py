@@ -35,7 +35,9 @@ T = Topics("midori")
 @pytest.fixture
 def fleet(tmp_path):
     store = Store(tmp_path / "central.db")
-    yield Fleet(store, load_toml(SITE_TOML, Site), publisher=None)
+    # No grace here: these tests are about what opens and clears; the grace
+    # has its own test below.
+    yield Fleet(store, load_toml(SITE_TOML, Site), publisher=None, alert_grace_s=0)
     store.close()
 
 
@@ -82,6 +84,41 @@ def test_the_registry_survives_a_restart_of_central(tmp_path):
         assert again.devices["counter-2"].state == "offline" and again.devices["counter-2"].state_since == went
         again.on_status("counter-2", status("offline"))  # the retained will on reconnect keeps "since"
         assert again.devices["counter-2"].state_since == went
+    finally:
+        store.close()
+
+
+def test_a_peripheral_alert_waits_for_its_grace_offline_does_not(tmp_path):
+    store = Store(tmp_path / "central.db")
+    now = [1000.0]
+    fleet = Fleet(store, load_toml(SITE_TOML, Site), publisher=None, alert_grace_s=10, clock=lambda: now[0])
+    try:
+        fleet.on_status("counter-1", status("online"))
+        # Starting up: the terminal connects a second later. No alert.
+        fleet.handle("counter-1", parse(T.health("counter-1")), encode(health(terminal=("error", "not_connected"))))
+        now[0] += 1.5
+        fleet.open_due_alerts()
+        fleet.handle("counter-1", parse(T.health("counter-1")), encode(health(terminal=("ok", None))))
+        now[0] += 30
+        fleet.open_due_alerts()
+        assert fleet.alerts(include_closed=True) == []
+        # Paper out and it stays out: the alert opens at the grace, from the
+        # tick (no new health message comes while nothing changes).
+        fleet.handle("counter-1", parse(T.health("counter-1")), encode(health(printer=("error", "paper_end"))))
+        now[0] += 9.9
+        fleet.open_due_alerts()
+        assert not open_alerts(fleet)
+        now[0] += 0.2
+        fleet.open_due_alerts()
+        assert open_alerts(fleet) == {("counter-1", "printer:paper_end")}
+        # Offline opens at once, and a pending peripheral condition is dropped.
+        fleet.handle("counter-2", parse(T.health("counter-2")), encode(health(printer=("warning", "paper_near_end"))))
+        fleet.on_status("counter-2", status("online"))
+        fleet.on_status("counter-2", status("offline"))
+        assert ("counter-2", "offline") in open_alerts(fleet)
+        now[0] += 60
+        fleet.open_due_alerts()
+        assert ("counter-2", "printer:paper_near_end") not in open_alerts(fleet)
     finally:
         store.close()
 
