@@ -15,6 +15,9 @@ append-only").
   these tables.  The tables are every table with an ``…_no_delete`` trigger
   (``tests/unit/test_store.py`` finds them in ``sqlite_master`` and checks
   each key of each, so a new append-only table cannot be forgotten).
+* **The queue's and the payments' logs are append-only too.**  ``queue_log``
+  and ``payment_log`` (schemas 1 and 2) were append-only by design only;
+  they get the same UPDATE/DELETE triggers as the audit tables.
 * **The login throttle reads an index only.**  ``login_audit_by_staff``
   (staff_id, client, at) left the result out, so "the last successful login
   of this pair" read every row the pair ever had.  It is replaced by
@@ -51,7 +54,19 @@ APPEND_ONLY_KEYS: dict[str, tuple[tuple[str, ...], ...]] = {
     "fleet_audit": (("id",),),
     # schema 6, central/schema_auth.py
     "login_audit": (("id",),),
+    # schemas 1 and 2, central/store.py: the queue's and the payments' event
+    # logs, append-only by design ("never updated, never deleted") but until
+    # schema 7 without a trigger to say so (_LOGS below adds them).
+    "queue_log": (("id",),),
+    "payment_log": (("id",),),
 }
+
+#: UPDATE and DELETE refused on the two logs of schemas 1 and 2, as schemas
+#: 3-6 do on their audit tables.
+_LOGS = "".join(
+    f"CREATE TRIGGER {t}_no_update BEFORE UPDATE ON {t}\nBEGIN SELECT RAISE(ABORT, '{t} is append-only'); END;\n"
+    f"CREATE TRIGGER {t}_no_delete BEFORE DELETE ON {t}\nBEGIN SELECT RAISE(ABORT, '{t} is append-only'); END;\n"
+    for t in ("queue_log", "payment_log"))
 
 
 def _no_replace(table: str, keys: tuple[tuple[str, ...], ...]) -> str:
@@ -73,7 +88,7 @@ CREATE INDEX login_audit_by_pair ON login_audit (staff_id, client, result, at);
 CREATE INDEX login_audit_by_client ON login_audit (client, result, at);
 """
 
-HARDENING_SQL = (AUTH_SQL_IF_MISSING + _INDEXES
+HARDENING_SQL = (AUTH_SQL_IF_MISSING + _INDEXES + _LOGS
                  + "".join(_no_replace(table, keys) for table, keys in APPEND_ONLY_KEYS.items()))
 
 __all__ = ["APPEND_ONLY_KEYS", "HARDENING_SQL"]

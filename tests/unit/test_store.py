@@ -97,7 +97,7 @@ def test_insert_or_replace_is_refused_on_every_append_only_table_for_every_key(t
         tables = _append_only_tables(db)
         assert {"login_audit", "fleet_audit", "day_closes", "day_close_cash", "day_close_entries", "day_adjustments",
                 "statement_imports", "statement_lines", "match_runs", "matches", "recon_exception_notes",
-                "audit_log"} <= set(tables)
+                "audit_log", "queue_log", "payment_log"} <= set(tables)
         assert db.execute("PRAGMA recursive_triggers").fetchone()[0] == 0
         rows = _Rows(db)
         for table in tables:
@@ -138,5 +138,21 @@ def test_a_schema_6_database_migrates_to_7_and_keeps_its_audit(tmp_path):
         assert {"login_audit_by_pair", "login_audit_by_client"} <= indexes and "login_audit_by_staff" not in indexes
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             db.execute("INSERT OR REPLACE INTO login_audit (id, at, result) VALUES (1, 'y', 'ok')")
+    finally:
+        store.close()
+
+
+def test_the_queue_and_payment_logs_refuse_update_and_delete(tmp_path):
+    store = Store(tmp_path / "central.db")
+    try:
+        db = store.conn
+        db.execute("INSERT INTO payment_log (at, payment_id, version, state, source) VALUES ('t', 'p1', 1, 'approved', 'edge')")
+        db.execute("INSERT INTO queue_log (at, day, action, source) VALUES ('t', '2026-12-04', 'issue', 'api')")
+        for table in ("payment_log", "queue_log"):
+            with pytest.raises(sqlite3.IntegrityError, match=f"{table} is append-only"):
+                db.execute(f"UPDATE {table} SET at = 'changed'")
+            with pytest.raises(sqlite3.IntegrityError, match=f"{table} is append-only"):
+                db.execute(f"DELETE FROM {table}")
+            assert db.execute(f"SELECT at FROM {table}").fetchall()[0][0] == "t"
     finally:
         store.close()
